@@ -47,5 +47,5 @@ fi
 source "$venv/bin/activate"
 source "$venv/local_setup.bash"
 colcon build --symlink-install --packages-select hlrp_ros \
-  --event-handlers console_direct- console_stderr+ summary+ \
-  --cmake-args -DBUILD_TESTING=OFF -Wno-dev
+  --event-handlers console_direct- console_stderr+ summary+
+
