@@ -26,7 +26,7 @@ ln -sfn "$venv" .venv
 
 if [ "$(cat "$stamp" 2>/dev/null)" != "$req_hash" ]; then
   echo "setup: installing pinned requirements (ROS 2 Kilted wheels, torch, transformers)"
-  "$venv/bin/python" -m pip install --quiet --upgrade pip
+  "$venv/bin/python" -m pip install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
   "$venv/bin/python" -m pip install --quiet -r requirements.txt -c env/constraints.txt \
     2>&1 | grep -v "^WARNING: Location" || true
   "$venv/bin/python" -m pip check >/dev/null
