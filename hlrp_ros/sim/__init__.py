@@ -1,0 +1,1 @@
+"""ROS-free demo world: planar arm, top-down renderer, scripted expert, instructions."""
