@@ -114,7 +114,7 @@ class NodeProcess:
             args += ["-r", f"{source}:={target}"]
         return executable_command(self.executable) + args
 
-    def start(self) -> "NodeProcess":
+    def start(self) -> NodeProcess:
         cmd = self.command()
         self._log_path = self.log_dir / f"{self.node_name}.log"
         log = open(self._log_path, "wb")
