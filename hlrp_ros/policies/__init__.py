@@ -1,0 +1,1 @@
+"""ROS-free policy code (torch + transformers): action experts, their configs and loaders."""

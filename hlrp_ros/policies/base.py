@@ -1,0 +1,82 @@
+"""The interface every action-expert family implements, and the observation it consumes.
+
+Families: the SmolVLA-style HLRP expert (``hlrp``), later a PI0-style joint expert and a
+language-conditioned diffusion policy. Callers (policy node, tools, demo) only use this interface.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Observation:
+    """One time step of robot input.
+
+    Attributes:
+        images: Camera name -> RGB ``uint8`` image ``(H, W, 3)`` (any size; resized with padding).
+        state: Proprioceptive state ``(state_dim,)``, un-normalised (robot units).
+        instruction: Natural-language task instruction.
+        abstract_tokens: Optional abstract action token ids (used when the policy enables that branch).
+    """
+
+    images: dict[str, np.ndarray]
+    state: np.ndarray
+    instruction: str
+    abstract_tokens: list[int] | None = None
+
+
+class ActionExpert(abc.ABC):
+    """A chunked action generator conditioned on images, state and language.
+
+    ``predict_action_chunk`` is ``sample_chunk(encode_prefix(obs))``; the split calls let a caller encode
+    the observation once and sample several chunks (or time the two parts separately).
+    """
+
+    #: The family's configuration (exposes camera_names, image_size, state_dim, action_dim, chunk_size,
+    #: n_action_steps, num_steps, tokenizer_max_length, joint_names).
+    config: Any
+
+    @abc.abstractmethod
+    def encode_prefix(self, observation: Observation) -> Any:
+        """Encodes the observation once per chunk (e.g. the VLM key/value cache)."""
+
+    @abc.abstractmethod
+    def sample_chunk(
+        self,
+        prefix: Any,
+        num_steps: int | None = None,
+        noise: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Samples an un-normalised float32 CPU chunk ``(chunk_size, action_dim)`` from an encoded prefix.
+
+        Args:
+            prefix: Output of :meth:`encode_prefix`.
+            num_steps: Denoising steps (None -> ``config.num_steps``).
+            noise: Explicit initial noise (makes the result deterministic).
+            generator: Generator for the noise (makes the result deterministic).
+        """
+
+    @abc.abstractmethod
+    def compute_loss(self, batch: dict[str, Tensor]) -> Tensor:
+        """Scalar training loss of a collated batch (the family's processor builds batches)."""
+
+    def reset(self) -> None:  # noqa: B027 - optional hook
+        """Forgets per-episode state (caches, queues). Default: nothing to forget."""
+
+    def predict_action_chunk(
+        self,
+        observation: Observation,
+        num_steps: int | None = None,
+        noise: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Encodes ``observation`` and samples one chunk ``(chunk_size, action_dim)`` (float32, CPU)."""
+        return self.sample_chunk(self.encode_prefix(observation), num_steps=num_steps, noise=noise, generator=generator)

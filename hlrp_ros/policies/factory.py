@@ -1,0 +1,60 @@
+"""``load_policy``: opens a checkpoint directory whatever its format.
+
+* native HLRP (``config.json`` with ``"type": "hlrp"``) -> :meth:`HLRPPolicy.from_pretrained`
+* LeRobot SmolVLA (``config.json`` with ``"type": "smolvla"``) ->
+  ``hlrp_ros.policies.lerobot_smolvla.load_lerobot_smolvla`` (imported lazily)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from hlrp_ros.policies.base import ActionExpert
+
+logger = logging.getLogger(__name__)
+
+
+def checkpoint_type(path: str | Path) -> str:
+    """Returns the ``"type"`` recorded in ``path/config.json`` ("hlrp" when the field is absent)."""
+    config_path = Path(path) / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{path} is not a policy checkpoint: no config.json")
+    try:
+        data = json.loads(config_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{config_path} is not valid JSON: {exc}") from exc
+    return str(data.get("type", "hlrp"))
+
+
+def load_policy(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype = "float32",
+    tokenizer_dir: str | Path | None = None,
+) -> ActionExpert:
+    """Loads a policy checkpoint, detecting its format.
+
+    Args:
+        path: Checkpoint directory.
+        device: "cpu", "cuda", "cuda:0", ...
+        dtype: "float32" or "bfloat16" (or a torch dtype).
+        tokenizer_dir: Tokenizer directory overriding the checkpoint's own (LeRobot checkpoints carry none).
+
+    Returns:
+        The policy, in eval mode, implementing :class:`ActionExpert`.
+    """
+    kind = checkpoint_type(path)
+    logger.info("loading %s checkpoint from %s (device=%s, dtype=%s)", kind, path, device, dtype)
+    if kind == "smolvla":
+        from hlrp_ros.policies.lerobot_smolvla import load_lerobot_smolvla
+
+        return load_lerobot_smolvla(path, device, dtype, tokenizer_dir=tokenizer_dir)
+    if kind == "hlrp":
+        from hlrp_ros.policies.hlrp.modeling_hlrp import HLRPPolicy
+
+        return HLRPPolicy.from_pretrained(path, device=device, dtype=dtype, tokenizer_dir=tokenizer_dir)
+    raise ValueError(f"unsupported checkpoint type {kind!r} in {path}/config.json (expected 'hlrp' or 'smolvla')")
