@@ -1,0 +1,117 @@
+"""Thin rclpy nodes (policy_node, controller_node, demo_sim) and their shared parameter helpers.
+
+Every parameter is declared once, from a ``ParamSpec`` (type from the default, a description,
+an optional range or set of choices, read-only unless it is safe to change at run time).
+Defaults live in ``config/hlrp.yaml``; the spec defaults only make a node start without it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+_ARRAY_TYPES = {str: "STRING_ARRAY", float: "DOUBLE_ARRAY", int: "INTEGER_ARRAY", bool: "BOOL_ARRAY"}
+
+
+class ParameterError(ValueError):
+    """An invalid node configuration; the message starts with the parameter's name."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"invalid parameter '{name}': {problem}")
+        self.name = name
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One parameter.
+
+    Attributes:
+        name: Parameter name.
+        default: Default value; its Python type fixes the ROS type (lists: ``item_type``).
+        description: What it means, with its unit.
+        minimum: Inclusive lower bound of a number (None: none).
+        maximum: Inclusive upper bound of a number (None: none).
+        choices: Allowed values of a string.
+        read_only: Whether it may only be set at start-up.
+        item_type: Element type of a list parameter.
+    """
+
+    name: str
+    default: Any
+    description: str
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: Sequence[str] = field(default_factory=tuple)
+    read_only: bool = True
+    item_type: type = str
+
+    def descriptor(self):
+        from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
+        text = self.description
+        if self.choices:
+            text += f" One of: {', '.join(self.choices)}."
+        desc = ParameterDescriptor(description=text, read_only=self.read_only)
+        if isinstance(self.default, bool):
+            return desc
+        low = -math.inf if self.minimum is None else self.minimum
+        high = math.inf if self.maximum is None else self.maximum
+        if isinstance(self.default, float) and (self.minimum is not None or self.maximum is not None):
+            desc.floating_point_range = [FloatingPointRange(from_value=float(low), to_value=float(high))]
+        elif isinstance(self.default, int) and (self.minimum is not None or self.maximum is not None):
+            desc.integer_range = [IntegerRange(from_value=int(max(low, -2**63)), to_value=int(min(high, 2**63 - 1)))]
+        return desc
+
+    def check(self, value: Any) -> Any:
+        """``value`` validated against the range/choices; ParameterError naming the parameter otherwise."""
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ParameterError(self.name, f"must be finite, got {value}")
+            if self.minimum is not None and value < self.minimum:
+                raise ParameterError(self.name, f"must be >= {self.minimum}, got {value}")
+            if self.maximum is not None and value > self.maximum:
+                raise ParameterError(self.name, f"must be <= {self.maximum}, got {value}")
+        if self.choices and value not in self.choices:
+            raise ParameterError(self.name, f"must be one of {list(self.choices)}, got {value!r}")
+        return value
+
+
+def declare_parameters(node, specs: Sequence[ParamSpec]) -> dict[str, Any]:
+    """Declare every spec on ``node`` and return the validated values by name.
+
+    Raises:
+        ParameterError: a value of the wrong type, out of range or not among the choices.
+    """
+    from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+    from rclpy.parameter import Parameter
+
+    values: dict[str, Any] = {}
+    for spec in specs:
+        default = spec.default
+        if isinstance(default, list) and not default:  # empty list: type from item_type, unset by default
+            default = getattr(Parameter.Type, _ARRAY_TYPES[spec.item_type])
+        try:
+            value = node.declare_parameter(spec.name, default, spec.descriptor()).value
+        except (InvalidParameterTypeException, InvalidParameterValueException, TypeError) as exc:
+            raise ParameterError(spec.name, str(exc)) from exc
+        if value is None:
+            value = []
+        if isinstance(spec.default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        expected = type(spec.default)
+        if not isinstance(value, expected) and not (expected is list and isinstance(value, (list, tuple))):
+            raise ParameterError(spec.name, f"expected {expected.__name__}, got {type(value).__name__} {value!r}")
+        if isinstance(value, (list, tuple)):
+            value = list(value)
+        values[spec.name] = spec.check(value)
+    return values
+
+
+def describe_parameters(specs: Sequence[ParamSpec]) -> str:
+    """Markdown table of the specs (for docs)."""
+    rows = ["| parameter | default | description |", "| --- | --- | --- |"]
+    for s in specs:
+        rows.append(f"| `{s.name}` | `{s.default!r}` | {s.descriptor().description} |")
+    return "\n".join(rows)

@@ -1,0 +1,338 @@
+"""controller_node: executes ActionChunks at a fixed control rate, each action at its due time.
+
+A ``LifecycleNode``: ``on_configure`` validates the parameters and builds the (ROS-free)
+executor, safety filter and watchdog from ``hlrp_ros.control``; ``on_activate`` starts the
+control timer. With ``autostart`` (default) it configures and activates itself. The action
+for a tick is computed from the node clock's time against the chunk's due times, never by
+counting ticks, so late ticks still command what is due. Never imports torch.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import rclpy
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+
+from hlrp_ros.chunk_codec import ChunkError, decode_chunk, ns_to_time
+from hlrp_ros.control.chunk import INTERPOLATION_MODES, TimedChunk
+from hlrp_ros.control.executor import ChunkExecutor
+from hlrp_ros.control.limits import JointLimits, SafetyFilter, limit_path
+from hlrp_ros.control.watchdog import OutputState, StateTracker, Watchdog
+from hlrp_ros.diagnostics import ERROR, OK, WARN, ReasonThrottle, make_array, make_status
+from hlrp_ros.nodes import ParameterError, ParamSpec, declare_parameters
+
+OUTPUT_MODES = ("joint_state", "float64_array", "joint_trajectory")
+
+PARAMS = (
+    ParamSpec("joint_names", [], "Joints commanded, in output order; chunks are re-ordered by name to it."),
+    ParamSpec("control_rate", 50.0, "Command rate (Hz).", minimum=1.0, maximum=1000.0),
+    ParamSpec("input_topic", "/action_chunk", "hlrp_ros/ActionChunk input."),
+    ParamSpec("output_mode", "joint_state", "joint_state: sensor_msgs/JointState positions (Isaac Sim "
+              "/joint_command); float64_array: std_msgs/Float64MultiArray (forward_command_controller "
+              "/<controller>/commands); joint_trajectory: trajectory_msgs/JointTrajectory of the remaining "
+              "chunk (joint_trajectory_controller).", choices=OUTPUT_MODES),
+    ParamSpec("output_topic", "/joint_command", "Command output topic."),
+    ParamSpec("joint_states_topic", "/joint_states", "Measured joint states used as the start of the first "
+              "ramp (empty: none; the first command is then the first due action)."),
+    ParamSpec("interpolation", "hold", "Between due times: hold the due action or interpolate linearly to the next.",
+              choices=INTERPOLATION_MODES),
+    ParamSpec("blend_time", 0.0, "Seconds over which a new chunk is blended in from the old one (0: switch).",
+              minimum=0.0, maximum=10.0),
+    ParamSpec("watchdog_timeout", 1.0, "Seconds without a valid chunk before the watchdog trips (s).",
+              minimum=0.001, maximum=3600.0),
+    ParamSpec("on_timeout", "hold", "When the chunk ran out or the watchdog tripped: hold the last safe command "
+              "(keep publishing it) or stop publishing.", choices=("hold", "stop")),
+    ParamSpec("max_chunk_age", 1.0, "A chunk whose observation is older than this on arrival is stale (s).",
+              minimum=0.0, maximum=3600.0),
+    ParamSpec("position_limits_lower", [], "Lowest position per joint (empty: unlimited).", item_type=float),
+    ParamSpec("position_limits_upper", [], "Highest position per joint (empty: unlimited).", item_type=float),
+    ParamSpec("velocity_limits", [], "Largest speed per joint, unit/s (empty: unlimited).", item_type=float),
+    ParamSpec("seam_threshold", 0.2, "Largest per-joint jump accepted at a chunk seam; larger ones are ramped "
+              "(position unit; 0 disables the guard).", minimum=0.0),
+    ParamSpec("seam_ramp_scale", 0.5, "Seam ramp speed as a fraction of velocity_limits.", minimum=0.01, maximum=1.0),
+    ParamSpec("seam_ramp_velocity", 0.5, "Seam ramp speed for joints without a velocity limit (unit/s).",
+              minimum=1e-6),
+    ParamSpec("autostart", True, "Configure and activate at start-up (no lifecycle manager needed)."),
+    ParamSpec("diagnostics_period", 1.0, "Seconds between /diagnostics messages.", minimum=0.05, maximum=60.0),
+)
+
+
+def _sec(clock) -> float:
+    return clock.now().nanoseconds * 1e-9
+
+
+class ControllerNode(LifecycleNode):
+    """Chunk execution, limits and watchdog on ROS topics (see module docstring)."""
+
+    def __init__(self, node_name: str = "controller_node", **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
+        self.params: dict = {}
+        self.config_error: ParameterError | None = None
+        try:
+            self.params = declare_parameters(self, PARAMS)
+        except ParameterError as exc:
+            self.config_error = exc
+        self._timer = self._diag_timer = self._chunk_sub = self._js_sub = None
+        self._cmd_pub = self._diag_pub = None
+        self.reject = ReasonThrottle(self.get_logger().warning)
+        self.published = 0
+        self.accepted = 0
+        self.last_tick: float | None = None
+        self._hold_sent = False
+
+    # ----------------------------------------------------------------------------- lifecycle
+    def _validate(self) -> None:
+        if self.config_error is not None:
+            raise self.config_error
+        p = self.params
+        names = p["joint_names"]
+        if not names or any(not n for n in names):
+            raise ParameterError("joint_names", "must list at least one (non-empty) joint name")
+        if len(set(names)) != len(names):
+            raise ParameterError("joint_names", f"duplicate names in {names}")
+        for key in ("input_topic", "output_topic"):
+            if not p[key]:
+                raise ParameterError(key, "must not be empty")
+        try:
+            self.limits = JointLimits.build(len(names), p["position_limits_lower"], p["position_limits_upper"],
+                                            p["velocity_limits"])
+        except ValueError as exc:
+            name = str(exc).split(" ")[0]
+            raise ParameterError(name if name in self.params else "position_limits_lower", str(exc)) from exc
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self._validate()
+        except ParameterError as exc:
+            self.config_error = exc
+            self.get_logger().error(str(exc))
+            return TransitionCallbackReturn.FAILURE
+        p = self.params
+        self.joint_names = list(p["joint_names"])
+        self.period = 1.0 / p["control_rate"]
+        self.executor_ = ChunkExecutor(p["blend_time"], p["interpolation"])
+        self.safety = SafetyFilter(self.limits, p["seam_threshold"], p["seam_ramp_scale"], p["seam_ramp_velocity"],
+                                   max_step_time=2.0 * self.period)
+        self.watchdog = Watchdog(p["watchdog_timeout"])
+        self.tracker = StateTracker()
+        self._cmd_pub = self.create_lifecycle_publisher(self._output_type(), p["output_topic"], 10)
+        self._diag_pub = self.create_publisher(self._diag_type(), "/diagnostics", 10)
+        qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+        self._chunk_sub = self.create_subscription(self._chunk_type(), p["input_topic"], self.on_chunk, qos)
+        if p["joint_states_topic"]:
+            from sensor_msgs.msg import JointState
+
+            self._js_sub = self.create_subscription(JointState, p["joint_states_topic"], self.on_joint_state,
+                                                    qos_profile_sensor_data)
+        self.get_logger().info(f"configured: {len(self.joint_names)} joints, {p['control_rate']:g} Hz, "
+                               f"output {p['output_mode']} on {p['output_topic']}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._timer = self.create_timer(self.period, self.on_tick)
+        self._diag_timer = self.create_timer(self.params["diagnostics_period"], self.publish_diagnostics)
+        self.get_logger().info("active: waiting for action chunks on " + self.params["input_topic"])
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        for timer in (self._timer, self._diag_timer):
+            if timer is not None:
+                self.destroy_timer(timer)
+        self._timer = self._diag_timer = None
+        self.executor_.clear()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        for sub in (self._chunk_sub, self._js_sub):
+            if sub is not None:
+                self.destroy_subscription(sub)
+        self._chunk_sub = self._js_sub = None
+        return TransitionCallbackReturn.SUCCESS
+
+    # ----------------------------------------------------------------------------- message types
+    def _output_type(self):
+        mode = self.params["output_mode"]
+        if mode == "joint_state":
+            from sensor_msgs.msg import JointState
+            return JointState
+        if mode == "float64_array":
+            from std_msgs.msg import Float64MultiArray
+            return Float64MultiArray
+        from trajectory_msgs.msg import JointTrajectory
+        return JointTrajectory
+
+    @staticmethod
+    def _chunk_type():
+        from hlrp_ros.msg import ActionChunk
+        return ActionChunk
+
+    @staticmethod
+    def _diag_type():
+        from diagnostic_msgs.msg import DiagnosticArray
+        return DiagnosticArray
+
+    # ----------------------------------------------------------------------------- inputs
+    def on_joint_state(self, msg) -> None:
+        """Seed the ramp start from measured positions while nothing is being commanded."""
+        if self.tracker.state not in (OutputState.WAITING, OutputState.STOPPED) and self.safety.last is not None:
+            return
+        index = {n: i for i, n in enumerate(msg.name)}
+        if len(index) != len(msg.name) or any(n not in index for n in self.joint_names):
+            return
+        positions = np.array([msg.position[index[n]] if index[n] < len(msg.position) else np.nan
+                              for n in self.joint_names])
+        if np.all(np.isfinite(positions)):
+            self.safety.reset(self.limits.clamp(positions), _sec(self.get_clock()))
+
+    def on_chunk(self, msg) -> None:
+        """Validate and queue a chunk; anything wrong is logged (throttled per reason) and dropped."""
+        now = _sec(self.get_clock())
+        try:
+            chunk = decode_chunk(msg, self.joint_names)
+        except ChunkError as exc:
+            self.reject(f"chunk_{exc.reason}", f"rejected ActionChunk {msg.chunk_id}: {exc}")
+            return
+        last_id = self.executor_.last_id
+        if last_id is not None and chunk.chunk_id <= last_id:
+            self.reject("chunk_id", f"rejected ActionChunk {chunk.chunk_id}: id not greater than the last "
+                                    f"accepted ({last_id})")
+            return
+        timed = TimedChunk(chunk.chunk_id, chunk.first_action_ns * 1e-9, chunk.dt, chunk.actions, chunk.stamp_ns * 1e-9)
+        age = now - timed.stamp
+        if age > self.params["max_chunk_age"] or timed.end <= now:
+            self.reject("chunk_stale", f"rejected stale ActionChunk {chunk.chunk_id}: observation {age:.3f} s old "
+                                       f"(max_chunk_age {self.params['max_chunk_age']:g} s), last action due "
+                                       f"{timed.end - now:+.3f} s from now")
+            return
+        self.executor_.submit(timed)
+        self.watchdog.feed(now)
+        self.accepted += 1
+
+    # ----------------------------------------------------------------------------- control loop
+    def _set_state(self, state: OutputState, reason: str) -> None:
+        if self.tracker.update(state, reason):
+            log = self.get_logger().info if state == OutputState.RUNNING else self.get_logger().warning
+            log(f"{state.value}: {reason}")
+
+    def on_tick(self) -> None:
+        """Command what is due now (or hold / stop); never counts ticks."""
+        now = _sec(self.get_clock())
+        self.last_tick = now
+        target = None if self.watchdog.expired(now) else self.executor_.target(now)
+        if target is None:
+            if self.tracker.state == OutputState.WAITING:
+                return
+            if self.watchdog.expired(now):
+                reason = (f"watchdog: no valid chunk for {self.watchdog.age(now):.2f} s "
+                          f"(watchdog_timeout {self.watchdog.timeout:g} s)")
+            else:
+                reason = f"chunk {self.executor_.current.chunk_id} ran out"
+            if self.params["on_timeout"] == "hold" and self.safety.last is not None:
+                self._set_state(OutputState.HOLDING, reason + ", holding the last command")
+                self._publish_hold(now)
+            else:
+                self._set_state(OutputState.STOPPED, reason + ", stopped publishing")
+            return
+        result = self.safety.filter(target.positions, now, new_chunk=target.switched)
+        if result.seam_jump is not None:
+            joint, jump = result.seam_jump
+            self.get_logger().warning(f"seam: chunk {target.chunk_id} starts {jump:.3f} away on joint "
+                                      f"'{self.joint_names[joint]}' (seam_threshold "
+                                      f"{self.params['seam_threshold']:g}): ramping within the velocity limit")
+        self._set_state(OutputState.RUNNING, f"executing chunk {target.chunk_id}")
+        self._hold_sent = False
+        if self.params["output_mode"] == "joint_trajectory":
+            if target.switched:
+                self._publish_trajectory(now, result.positions)
+        else:
+            self._publish_positions(now, result.positions)
+
+    # ----------------------------------------------------------------------------- outputs
+    def _publish_hold(self, now: float) -> None:
+        """Hold: repeat the last command (position modes) or send it once as a one-point trajectory."""
+        if self.params["output_mode"] != "joint_trajectory":
+            self._publish_positions(now, self.safety.last)
+        elif not self._hold_sent:
+            self._hold_sent = True
+            self._publish_trajectory(now, self.safety.last, hold=True)
+
+    def _publish_positions(self, now: float, positions: np.ndarray) -> None:
+        msg = self._output_type()()
+        if self.params["output_mode"] == "joint_state":
+            ns_to_time(int(round(now * 1e9)), msg.header.stamp)
+            msg.name = list(self.joint_names)
+            msg.position = [float(v) for v in positions]
+        else:
+            msg.data = [float(v) for v in positions]
+        self._cmd_pub.publish(msg)
+        self.published += 1
+
+    def _publish_trajectory(self, now: float, positions: np.ndarray, hold: bool = False) -> None:
+        from builtin_interfaces.msg import Duration
+        from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+        msg = JointTrajectory()
+        ns_to_time(int(round(now * 1e9)), msg.header.stamp)
+        msg.joint_names = list(self.joint_names)
+        times, targets = np.array([now + self.period]), positions[None, :]
+        remaining = None if hold else self.executor_.remaining(now)
+        if remaining is not None:
+            times = np.concatenate([times, remaining[0][remaining[0] > now + self.period]])
+            targets = np.vstack([targets, remaining[1][remaining[0] > now + self.period]])
+            targets = limit_path(positions, now + self.period, times, targets, self.limits)
+        for t, q in zip(times, targets):
+            offset = int(round((t - now) * 1e9))
+            msg.points.append(JointTrajectoryPoint(positions=[float(v) for v in q],
+                                                   time_from_start=Duration(sec=offset // 10**9,
+                                                                            nanosec=offset % 10**9)))
+        self._cmd_pub.publish(msg)
+        self.published += 1
+
+    def publish_diagnostics(self) -> None:
+        now = _sec(self.get_clock())
+        current = self.executor_.current
+        state = self.tracker.state
+        level = {OutputState.RUNNING: OK, OutputState.WAITING: OK, OutputState.HOLDING: WARN,
+                 OutputState.STOPPED: ERROR}[state]
+        age = self.watchdog.age(now)
+        values = {
+            "state": state.value, "watchdog_tripped": self.watchdog.expired(now),
+            "seconds_since_last_chunk": -1.0 if age is None else age,
+            "chunk_age": -1.0 if current is None else now - current.stamp,
+            "chunk_id": -1 if current is None else current.chunk_id,
+            "chunks_accepted": self.accepted, "chunks_rejected": self.reject.total,
+            "commands_published": self.published, "seam_ramping": self.safety.ramping,
+        }
+        status = make_status(f"{self.get_name()}: chunk execution", self.get_name(), level, self.tracker.reason, values)
+        self._diag_pub.publish(make_array(self.get_clock().now().to_msg(), [status]))
+
+
+def main(args=None) -> int:
+    """Run the controller; exit code 1 when the configuration is invalid."""
+    rclpy.init(args=args)
+    node = ControllerNode()
+    code = 0
+    try:
+        if node.params.get("autostart", True) or node.config_error is not None:
+            node.trigger_configure()
+            if node.config_error is not None:
+                code = 1
+            else:
+                node.trigger_activate()
+        if code == 0:
+            rclpy.spin(node)
+    except KeyboardInterrupt:
+        pass
+    except rclpy.executors.ExternalShutdownException:
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,394 @@
+"""policy_node: cameras + joint states + instruction in, ActionChunk out, on a timer.
+
+Inputs are kept latest-only (sensor-data QoS for cameras and joint states; reliable +
+transient-local for the instruction, so a latched instruction reaches a node started later).
+Inference runs on the timer in its own ``MutuallyExclusiveCallbackGroup`` under a
+``MultiThreadedExecutor`` so the subscriptions keep flowing; a tick that lands while the
+previous inference is still running is skipped and counted (``hlrp_ros.control.ticks``).
+
+Each chunk: every input is checked (present, fresh, sane), the instruction is re-tokenised only
+when it changed, the prefix is encoded once, the suffix denoised, and ``n_action_steps``
+actions are published with ``first_action_time`` = the time the inputs were gathered +
+``first_action_delay`` and ``dt`` = ``action_period``. Anything wrong is logged (throttled per
+reason) and no chunk is published for that tick. The model is reached only through
+``hlrp_ros.policies`` (``load_policy``, ``Observation``, ``encode_prefix``, ``sample_chunk``,
+``processor.tokenize``); torch is imported with it, after the parameters were validated.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+
+from hlrp_ros.chunk_codec import encode_chunk, time_to_ns
+from hlrp_ros.control.ticks import TickGate
+from hlrp_ros.diagnostics import OK, WARN, ReasonThrottle, make_array, make_status
+from hlrp_ros.nodes import ParameterError, ParamSpec, declare_parameters
+from hlrp_ros.ros_image import BACKENDS, ImageConverter, ImageError
+
+PARAMS = (
+    ParamSpec("checkpoint", "", "Policy checkpoint directory (native HLRP or LeRobot SmolVLA)."),
+    ParamSpec("tokenizer_dir", "", "Tokenizer directory passed to load_policy (LeRobot checkpoints; empty: none)."),
+    ParamSpec("device", "cpu", "Torch device: cpu, cuda, cuda:N."),
+    ParamSpec("dtype", "float32", "Model dtype.", choices=("float32", "bfloat16", "float16")),
+    ParamSpec("camera_topics", ["/camera/image_raw"], "Camera topics; a topic ending in /compressed is a "
+              "sensor_msgs/CompressedImage, any other a raw sensor_msgs/Image."),
+    ParamSpec("camera_names", ["top"], "Model camera name fed by each camera_topics entry (same order/length)."),
+    ParamSpec("joint_states_topic", "/joint_states", "sensor_msgs/JointState input (re-ordered by name)."),
+    ParamSpec("instruction_topic", "/instruction", "std_msgs/String instruction (reliable, transient local)."),
+    ParamSpec("abstract_tokens_topic", "", "Optional std_msgs/Int32MultiArray of abstract action token ids "
+              "(empty: not subscribed)."),
+    ParamSpec("joint_names", [], "Joints defining the order of state and action dimensions "
+              "(empty: the checkpoint's joint_names)."),
+    ParamSpec("inference_period", 0.5, "Timer period between inferences (s).", minimum=0.001, maximum=3600.0),
+    ParamSpec("action_period", 0.1, "Seconds between consecutive actions of a chunk (ActionChunk.dt).",
+              minimum=1e-4, maximum=60.0),
+    ParamSpec("first_action_delay", 0.0, "actions[0] is due this long after the inputs were gathered (s).",
+              minimum=-10.0, maximum=10.0),
+    ParamSpec("num_steps", 0, "Denoising steps (0: the checkpoint's num_steps).", minimum=0, maximum=1000),
+    ParamSpec("n_action_steps", 0, "Actions published per chunk (0: the checkpoint's n_action_steps).",
+              minimum=0, maximum=100000),
+    ParamSpec("max_observation_age", 0.5, "Inputs older than this are stale and block inference (s).",
+              minimum=0.0, maximum=3600.0),
+    ParamSpec("output_topic", "/action_chunk", "hlrp_ros/ActionChunk output."),
+    ParamSpec("image_size_mismatch", "resize", "Image size different from the model's: resize with padding "
+              "(the processor's documented behaviour; warned once per camera and size) or reject.",
+              choices=("resize", "reject")),
+    ParamSpec("image_backend", "auto", "Image conversion: cv_bridge when importable (auto), or the numpy/OpenCV "
+              "fallback.", choices=BACKENDS),
+    ParamSpec("max_instruction_chars", 4096, "Instructions longer than this many characters are cut before "
+              "tokenising (then truncated to the tokenizer limit), with a warning.", minimum=1),
+    ParamSpec("seed", -1, "Seed of the denoising noise (-1: random).", minimum=-1),
+    ParamSpec("torch_threads", 0, "torch.set_num_threads (0: torch's default).", minimum=0, maximum=256),
+    ParamSpec("diagnostics_period", 1.0, "Seconds between /diagnostics messages.", minimum=0.05, maximum=60.0),
+)
+
+
+def stamp_or(msg, fallback_ns: int) -> int:
+    """Header stamp in ns, or ``fallback_ns`` (receive time) when the stamp is unset (zero)."""
+    ns = time_to_ns(msg.header.stamp)
+    return ns if ns > 0 else fallback_ns
+
+
+class InputRejected(Exception):
+    """An input that blocks this tick; ``reason`` keys the throttled log."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class PolicyNode(Node):
+    """Runs the policy on the latest inputs every ``inference_period`` (see module docstring)."""
+
+    def __init__(self, node_name: str = "policy_node", **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
+        self.params = declare_parameters(self, PARAMS)
+        self._validate_static()
+        self.reject = ReasonThrottle(self.get_logger().warning)
+        self.warn_once = ReasonThrottle(self.get_logger().warning, period=float("inf"))
+        self.images = ImageConverter(self.params["image_backend"])
+        self._load_policy()
+        self.latest: dict[str, tuple[object, int]] = {}  # topic -> (message, receive time ns)
+        self.chunk_id = 0
+        self.published = 0
+        self.latencies: list[float] = []
+        self._instruction: str | None = None
+        self._instruction_used = ""
+        self.gate = TickGate(self.params["inference_period"])
+        self._create_interfaces()
+        self.get_logger().info(
+            f"ready: cameras {dict(zip(self.params['camera_topics'], self.params['camera_names']))}, "
+            f"joints {self.joint_names}, {self.n_action_steps} actions every {self.params['inference_period']:g} s, "
+            f"image backend {self.images.backend}")
+
+    # ----------------------------------------------------------------------------- configuration
+    def _validate_static(self) -> None:
+        p = self.params
+        path = Path(p["checkpoint"]) if p["checkpoint"] else None
+        if path is None or not (path / "config.json").is_file():
+            raise ParameterError("checkpoint", f"no checkpoint (config.json) at {p['checkpoint']!r}")
+        if p["tokenizer_dir"] and not Path(p["tokenizer_dir"]).is_dir():
+            raise ParameterError("tokenizer_dir", f"not a directory: {p['tokenizer_dir']!r}")
+        topics, names = p["camera_topics"], p["camera_names"]
+        if not topics or len(topics) != len(names):
+            raise ParameterError("camera_names", f"needs one model camera name per camera_topics entry "
+                                                 f"({len(names)} names for {len(topics)} topics)")
+        for key, values in (("camera_topics", topics), ("camera_names", names), ("joint_names", p["joint_names"])):
+            if len(set(values)) != len(values) or any(not v for v in values):
+                raise ParameterError(key, f"entries must be unique and non-empty: {values}")
+        for key in ("joint_states_topic", "instruction_topic", "output_topic"):
+            if not p[key]:
+                raise ParameterError(key, "must not be empty")
+
+    def _load_policy(self) -> None:
+        import inspect
+
+        import torch
+
+        from hlrp_ros.policies.factory import load_policy
+
+        p = self.params
+        if p["torch_threads"]:
+            torch.set_num_threads(p["torch_threads"])
+        kwargs = {}
+        if p["tokenizer_dir"] and "tokenizer_dir" in inspect.signature(load_policy).parameters:
+            kwargs["tokenizer_dir"] = p["tokenizer_dir"]
+        try:
+            self.policy = load_policy(p["checkpoint"], device=p["device"], dtype=p["dtype"], **kwargs)
+        except Exception as exc:
+            raise ParameterError("checkpoint", f"cannot load {p['checkpoint']!r}: {exc}") from exc
+        cfg = self.policy.config
+        missing = [c for c in cfg.camera_names if c not in p["camera_names"]]
+        unknown = [c for c in p["camera_names"] if c not in cfg.camera_names]
+        if missing or unknown:
+            raise ParameterError("camera_names", f"model cameras {list(cfg.camera_names)}: missing {missing}, "
+                                                 f"unknown {unknown}")
+        names = p["joint_names"] or list(cfg.joint_names or [])
+        if not names:
+            raise ParameterError("joint_names", "required: the checkpoint names no joints")
+        if len(names) != cfg.action_dim or len(names) != cfg.state_dim:
+            raise ParameterError("joint_names", f"{len(names)} names, but the model has state_dim {cfg.state_dim} "
+                                                f"and action_dim {cfg.action_dim}")
+        if cfg.joint_names and sorted(cfg.joint_names) != sorted(names):
+            raise ParameterError("joint_names", f"{names} differ from the checkpoint's {list(cfg.joint_names)}")
+        self.joint_names = list(names)
+        self.n_action_steps = p["n_action_steps"] or cfg.n_action_steps
+        if self.n_action_steps > cfg.chunk_size:
+            raise ParameterError("n_action_steps", f"{self.n_action_steps} > the model's chunk_size {cfg.chunk_size}")
+        self.num_steps = p["num_steps"] or None
+        self.generator = None
+        if p["seed"] >= 0:
+            self.generator = torch.Generator().manual_seed(p["seed"])
+
+    def _create_interfaces(self) -> None:
+        from sensor_msgs.msg import CompressedImage, Image, JointState
+        from std_msgs.msg import Int32MultiArray, String
+
+        from hlrp_ros.msg import ActionChunk
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        p = self.params
+        inputs = MutuallyExclusiveCallbackGroup()
+        sensor = QoSProfile(depth=1, reliability=qos_profile_sensor_data.reliability,
+                            durability=qos_profile_sensor_data.durability)
+        for topic in p["camera_topics"]:
+            kind = CompressedImage if topic.rstrip("/").endswith("/compressed") else Image
+            self.create_subscription(kind, topic, self._keeper(topic), sensor, callback_group=inputs)
+        self.create_subscription(JointState, p["joint_states_topic"], self._keeper(p["joint_states_topic"]),
+                                 sensor, callback_group=inputs)
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.create_subscription(String, p["instruction_topic"], self._keeper(p["instruction_topic"]), latched,
+                                 callback_group=inputs)
+        if p["abstract_tokens_topic"]:
+            self.create_subscription(Int32MultiArray, p["abstract_tokens_topic"],
+                                     self._keeper(p["abstract_tokens_topic"]), latched, callback_group=inputs)
+        self.chunk_pub = self.create_publisher(ActionChunk, p["output_topic"],
+                                               QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.timer = self.create_timer(p["inference_period"], self.on_tick,
+                                       callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_timer(p["diagnostics_period"], self.publish_diagnostics, callback_group=inputs)
+
+    def _keeper(self, topic: str):
+        def keep(msg) -> None:
+            self.latest[topic] = (msg, self.get_clock().now().nanoseconds)
+        return keep
+
+    # ----------------------------------------------------------------------------- inputs
+    def _fresh(self, topic: str, what: str, now_ns: int, stamped: bool = True):
+        entry = self.latest.get(topic)
+        if entry is None:
+            raise InputRejected(f"missing_{topic}", f"no {what} received yet on {topic}")
+        msg, received = entry
+        stamp = stamp_or(msg, received) if stamped else received
+        age = (now_ns - stamp) * 1e-9
+        if age > self.params["max_observation_age"]:
+            raise InputRejected(f"stale_{topic}", f"{what} on {topic} is {age:.3f} s old "
+                                                  f"(max_observation_age {self.params['max_observation_age']:g} s)")
+        return msg, stamp
+
+    def _image(self, topic: str, camera: str, now_ns: int) -> tuple[np.ndarray, int]:
+        msg, stamp = self._fresh(topic, f"camera '{camera}' image", now_ns)
+        try:
+            rgb = self.images.to_rgb(msg)
+        except ImageError as exc:
+            raise InputRejected(f"image_{exc.reason}_{topic}", f"camera '{camera}' ({topic}): {exc}") from exc
+        expected = tuple(self.policy.config.image_size)
+        if rgb.shape[:2] != expected:
+            size = f"{rgb.shape[1]}x{rgb.shape[0]}"
+            model = f"{expected[1]}x{expected[0]}"
+            if self.params["image_size_mismatch"] == "reject":
+                raise InputRejected(f"image_size_{topic}", f"camera '{camera}' ({topic}): image size {size} differs "
+                                                           f"from the model's {model} (image_size_mismatch: reject)")
+            self.warn_once(f"resize_{topic}_{size}", f"camera '{camera}' ({topic}): image size {size} differs from "
+                                                     f"the model's {model}; resizing with padding")
+        return rgb, stamp
+
+    def _state(self, now_ns: int) -> tuple[np.ndarray, int]:
+        topic = self.params["joint_states_topic"]
+        msg, stamp = self._fresh(topic, "joint state", now_ns)
+        names = list(msg.name)
+        if len(set(names)) != len(names):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            raise InputRejected("joint_duplicate", f"joint state on {topic} has duplicate joint names {dupes}")
+        if len(msg.position) != len(names):
+            raise InputRejected("joint_layout", f"joint state on {topic} has {len(names)} names but "
+                                                f"{len(msg.position)} positions")
+        index = {n: i for i, n in enumerate(names)}
+        missing = [n for n in self.joint_names if n not in index]
+        if missing:
+            raise InputRejected("joint_missing", f"joint state on {topic} lacks configured joint(s) {missing}")
+        state = np.array([msg.position[index[n]] for n in self.joint_names], dtype=np.float32)
+        bad = [n for n, v in zip(self.joint_names, state) if not np.isfinite(v)]
+        if bad:
+            raise InputRejected("joint_nonfinite", f"joint state on {topic} has non-finite positions for {bad}")
+        return state, stamp
+
+    def _instruction_text(self) -> str:
+        topic = self.params["instruction_topic"]
+        entry = self.latest.get(topic)
+        if entry is None:
+            raise InputRejected("instruction_missing", f"no instruction received yet on {topic}")
+        text = entry[0].data
+        if not text.strip():
+            raise InputRejected("instruction_empty", f"instruction on {topic} is empty")
+        limit = self.params["max_instruction_chars"]
+        if len(text) > limit:
+            self.warn_once(f"chars_{hash(text)}", f"instruction has {len(text)} characters; cut to "
+                                                  f"max_instruction_chars={limit} before tokenising")
+            text = text[:limit]
+        if text != self._instruction:  # re-tokenise only when the instruction changed
+            tok = self.policy.processor.tokenize(text)
+            self._instruction_used = text
+            if tok.truncated:
+                self._instruction_used = self._decode_truncated(tok, text)
+                self.warn_once(f"truncated_{hash(text)}", f"instruction truncated to the tokenizer limit of "
+                               f"{self.policy.config.tokenizer_max_length} tokens: {self._instruction_used!r}")
+            self._instruction = text
+        return text
+
+    def _decode_truncated(self, tok, text: str) -> str:
+        tokenizer = getattr(self.policy.processor, "tokenizer", None)
+        ids = getattr(tok, "ids", None)
+        if tokenizer is None or ids is None:
+            return text
+        try:
+            return tokenizer.decode(list(np.asarray(ids).reshape(-1)), skip_special_tokens=True).strip()
+        except Exception:
+            return text
+
+    def _abstract_tokens(self) -> list[int] | None:
+        topic = self.params["abstract_tokens_topic"]
+        entry = self.latest.get(topic) if topic else None
+        return None if entry is None else [int(v) for v in entry[0].data]
+
+    # ----------------------------------------------------------------------------- inference
+    def on_tick(self) -> None:
+        """Timer callback: one inference unless the gate says skip."""
+        start = time.monotonic()
+        if not self.gate.begin(start):
+            return
+        try:
+            self.infer_once()
+        finally:
+            self.gate.end(time.monotonic())
+
+    def gather(self, now_ns: int):
+        """Checked inputs: ``(Observation, oldest input stamp ns)``; InputRejected when one is unusable."""
+        from hlrp_ros.policies.base import Observation
+
+        p = self.params
+        instruction = self._instruction_text()
+        images, stamps = {}, []
+        for topic, camera in zip(p["camera_topics"], p["camera_names"]):
+            images[camera], stamp = self._image(topic, camera, now_ns)
+            stamps.append(stamp)
+        state, stamp = self._state(now_ns)
+        stamps.append(stamp)
+        obs = Observation(images=images, state=state, instruction=instruction,
+                          abstract_tokens=self._abstract_tokens())
+        return obs, min(stamps)
+
+    def infer_once(self) -> bool:
+        """Gather, check, infer and publish one chunk; False (with a throttled log) when nothing was published."""
+        now_ns = self.get_clock().now().nanoseconds
+        wall = time.monotonic()
+        try:
+            obs, stamp_ns = self.gather(now_ns)
+        except InputRejected as exc:
+            self.reject(exc.reason, f"no chunk: {exc}")
+            return False
+        try:
+            prefix = self.policy.encode_prefix(obs)
+            chunk = self.policy.sample_chunk(prefix, num_steps=self.num_steps, generator=self.generator)
+        except Exception as exc:  # a model error must not kill the node
+            self.reject("model_error", f"no chunk: inference failed: {type(exc).__name__}: {exc}")
+            return False
+        actions = chunk.detach().float().cpu().numpy()[: self.n_action_steps]
+        if not np.all(np.isfinite(actions)):
+            self.reject("model_nonfinite", "no chunk: the model produced non-finite actions")
+            return False
+        latency = time.monotonic() - wall
+        self.chunk_id += 1
+        msg = encode_chunk(actions, self.joint_names, chunk_id=self.chunk_id, stamp_ns=stamp_ns,
+                           first_action_ns=now_ns + int(self.params["first_action_delay"] * 1e9),
+                           dt=self.params["action_period"], instruction=self._instruction_used,
+                           inference_latency=latency)
+        self.chunk_pub.publish(msg)
+        self.published += 1
+        self.latencies = (self.latencies + [latency])[-100:]
+        self.last_publish_ns = self.get_clock().now().nanoseconds
+        return True
+
+    def publish_diagnostics(self) -> None:
+        now = self.get_clock().now()
+        lat = np.array(self.latencies) if self.latencies else np.zeros(1)
+        last = getattr(self, "last_publish_ns", None)
+        values = {
+            "chunks_published": self.published, "skipped_ticks": self.gate.skipped,
+            "inference_latency_last": float(lat[-1]), "inference_latency_mean": float(lat.mean()),
+            "inference_latency_max": float(lat.max()),
+            "seconds_since_last_chunk": -1.0 if last is None else (now.nanoseconds - last) * 1e-9,
+            "rejected_inputs": self.reject.total, "image_backend": self.images.backend,
+        }
+        for reason, count in sorted(self.reject.counts.items()):
+            values[f"rejected.{reason}"] = count
+        stale = last is None or (now.nanoseconds - last) * 1e-9 > 3 * self.params["inference_period"]
+        level, message = (WARN, "no recent chunk") if stale else (OK, "publishing chunks")
+        status = make_status(f"{self.get_name()}: inference", self.get_name(), level, message, values)
+        self.diag_pub.publish(make_array(now.to_msg(), [status]))
+
+
+def main(args=None) -> int:
+    """Run the policy node; exit code 1 (with the parameter named) when the configuration is invalid."""
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = PolicyNode()
+        executor = MultiThreadedExecutor(num_threads=3)
+        executor.add_node(node)
+        executor.spin()
+    except ParameterError as exc:
+        rclpy.logging.get_logger("policy_node").fatal(str(exc))
+        return 1
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
