@@ -32,6 +32,7 @@ import os
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -292,30 +293,52 @@ def lerobot_chunk(policy, pre, post, images_u8: dict[str, np.ndarray], state: np
 # --------------------------------------------------------------------------------------------------
 # Fixture definition
 # --------------------------------------------------------------------------------------------------
-FIXTURE_POLICY = dict(
-    chunk_size=10,
-    n_action_steps=10,
-    max_state_dim=32,
-    max_action_dim=32,
-    resize_imgs_with_padding=(32, 32),
-    tokenizer_max_length=16,
-    num_vlm_layers=4,
-    num_expert_layers=-1,
-    self_attn_every_n_layers=2,
-    expert_width_multiplier=0.75,
-    num_steps=10,
+@dataclass
+class Spec:
+    """One LeRobot SmolVLA checkpoint plus the observation cases run through it.
+
+    ``cases`` rows are ``(seed, batch size, {camera: (H, W)}, tasks)``; each case is run for every entry
+    of ``step_counts``. ``vlm`` holds ``write_tiny_vlm`` keyword arguments.
+    """
+
+    policy: dict
+    norm_map: dict[str, str]
+    cameras: dict[str, tuple[int, int]]
+    state_dim: int
+    action_dim: int
+    cases: list[tuple[int, int, dict[str, tuple[int, int]], list[str]]]
+    step_counts: list[int]
+    vlm: dict = field(default_factory=dict)
+    seed: int = 0
+
+
+FIXTURE = Spec(
+    policy=dict(
+        chunk_size=10,
+        n_action_steps=10,
+        max_state_dim=32,
+        max_action_dim=32,
+        resize_imgs_with_padding=(32, 32),
+        tokenizer_max_length=16,
+        num_vlm_layers=4,
+        num_expert_layers=-1,
+        self_attn_every_n_layers=2,
+        expert_width_multiplier=0.75,
+        num_steps=10,
+    ),
+    norm_map={"VISUAL": "IDENTITY", "STATE": "MIN_MAX", "ACTION": "MEAN_STD"},
+    cameras={"top": (48, 64), "wrist": (40, 40)},
+    state_dim=7,
+    action_dim=6,
+    cases=[
+        (100, 1, {"top": (48, 64), "wrist": (40, 40)}, ["pick up the blue block"]),
+        (101, 2, {"top": (30, 50), "wrist": (64, 48)}, ["push the yellow button\n", "Open the drawer"]),
+        # longer than tokenizer_max_length: truncated (the appended newline is cut off too)
+        (102, 1, {"top": (32, 32), "wrist": (17, 23)},
+         ["stack the cubes on top of each other then grasp the handle and pull it open slowly"]),
+    ],
+    step_counts=[10, 3, 1],
 )
-FIXTURE_NORM = {"VISUAL": "IDENTITY", "STATE": "MIN_MAX", "ACTION": "MEAN_STD"}
-FIXTURE_CAMERAS = {"top": (48, 64), "wrist": (40, 40)}
-STATE_DIM, ACTION_DIM = 7, 6
-STEP_COUNTS = [10, 3]
-CASES = [
-    # (seed, batch size, image sizes per camera, tasks)
-    (100, 1, {"top": (48, 64), "wrist": (40, 40)}, ["pick the red cube and place it in the box"]),
-    (101, 2, {"top": (30, 50), "wrist": (64, 48)}, ["push the yellow button\n", "Open the drawer"]),
-    (102, 1, {"top": (32, 32), "wrist": (17, 23)},
-     ["stack the cubes on top of each other then grasp the handle and pull it open slowly"]),
-]
 
 
 def make_case_inputs(seed: int, bsize: int, sizes: dict[str, tuple[int, int]], chunk: int,
@@ -334,42 +357,42 @@ def make_case_inputs(seed: int, bsize: int, sizes: dict[str, tuple[int, int]], c
     return images, state, noise
 
 
-def generate(out: Path) -> None:
-    """Write the whole fixture tree into ``out`` (which must be empty or absent)."""
+def generate(out: Path, spec: Spec = FIXTURE) -> None:
+    """Write checkpoint/, vlm/, cases.json and cases.safetensors for ``spec`` into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     cwd = Path.cwd()
     # vlm_model_name is stored relative ("vlm") so that the checkpoint has no machine-specific path;
     # LeRobot resolves it against the working directory, hence the chdir while building/running.
     os.chdir(out)
     try:
-        write_tiny_vlm(out / VLM_DIRNAME)
-        build_checkpoint(out / CKPT_DIRNAME, VLM_DIRNAME, seed=0, state_dim=STATE_DIM,
-                         action_dim=ACTION_DIM, cameras=FIXTURE_CAMERAS, policy_kwargs=FIXTURE_POLICY,
-                         norm_map=FIXTURE_NORM)
+        write_tiny_vlm(out / VLM_DIRNAME, **spec.vlm)
+        build_checkpoint(out / CKPT_DIRNAME, VLM_DIRNAME, seed=spec.seed, state_dim=spec.state_dim,
+                         action_dim=spec.action_dim, cameras=spec.cameras, policy_kwargs=spec.policy,
+                         norm_map=spec.norm_map)
         policy, pre, post = load_lerobot(out / CKPT_DIRNAME)
         tensors: dict[str, torch.Tensor] = {}
         meta = {"lerobot_version": lerobot.__version__, "torch_version": torch.__version__,
-                "step_counts": STEP_COUNTS, "state_dim": STATE_DIM, "action_dim": ACTION_DIM, "cases": []}
-        for i, (seed, bsize, sizes, tasks) in enumerate(CASES):
-            images, state, noise = make_case_inputs(seed, bsize, sizes, FIXTURE_POLICY["chunk_size"],
-                                                    FIXTURE_POLICY["max_action_dim"], STATE_DIM)
+                "step_counts": spec.step_counts, "state_dim": spec.state_dim, "action_dim": spec.action_dim,
+                "cases": []}
+        for i, (seed, bsize, sizes, tasks) in enumerate(spec.cases):
+            images, state, noise = make_case_inputs(seed, bsize, sizes, policy.config.chunk_size,
+                                                    policy.config.max_action_dim, spec.state_dim)
             for key, img in images.items():
                 tensors[f"case{i}.{key}"] = torch.from_numpy(img)
             tensors[f"case{i}.state"] = torch.from_numpy(state)
             tensors[f"case{i}.noise"] = noise
-            for n in STEP_COUNTS:
+            for n in spec.step_counts:
                 tensors[f"case{i}.actions.steps{n}"] = lerobot_chunk(
                     policy, pre, post, images, state, tasks, noise, n).contiguous()
             meta["cases"].append({"seed": seed, "batch_size": bsize, "tasks": tasks,
-                                  "image_keys": sorted(images), "image_sizes": {k: list(v) for k, v in sizes.items()}})
+                                  "image_keys": sorted(images),
+                                  "image_sizes": {k: list(v) for k, v in sizes.items()}})
         save_file(tensors, str(out / "cases.safetensors"))
         (out / "cases.json").write_text(json.dumps(meta, indent=2) + "\n")
     finally:
         os.chdir(cwd)
     total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     LOG.info("wrote %s (%.2f MB)", out, total / 1e6)
-    if total > 5e6:
-        raise SystemExit(f"fixtures are {total / 1e6:.2f} MB, over the 5 MB budget")
 
 
 def compare_trees(ref: Path, new: Path, atol: float = 1e-6) -> list[str]:
@@ -428,6 +451,10 @@ def main(argv: list[str] | None = None) -> int:
     if out.exists():
         shutil.rmtree(out)
     generate(out)
+    total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    if total > 5e6:
+        print(f"fixtures are {total / 1e6:.2f} MB, over the 5 MB budget")
+        return 1
     print(f"fixtures written to {out}")
     return 0
 
