@@ -35,7 +35,7 @@ class JointLimits:
     max_velocity: np.ndarray
 
     @classmethod
-    def build(cls, dof: int, lower=(), upper=(), max_velocity=()) -> "JointLimits":
+    def build(cls, dof: int, lower=(), upper=(), max_velocity=()) -> JointLimits:
         """Limits from (possibly empty = unlimited) sequences; raises ``ValueError`` naming the bad one."""
 
         def vector(name: str, values, fill: float) -> np.ndarray:

@@ -170,11 +170,11 @@ class PolicyNode(Node):
             self.generator = torch.Generator().manual_seed(p["seed"])
 
     def _create_interfaces(self) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray
         from sensor_msgs.msg import CompressedImage, Image, JointState
         from std_msgs.msg import Int32MultiArray, String
 
         from hlrp_ros.msg import ActionChunk
-        from diagnostic_msgs.msg import DiagnosticArray
 
         p = self.params
         inputs = MutuallyExclusiveCallbackGroup()
@@ -223,6 +223,8 @@ class PolicyNode(Node):
             rgb = self.images.to_rgb(msg)
         except ImageError as exc:
             raise InputRejected(f"image_{exc.reason}_{topic}", f"camera '{camera}' ({topic}): {exc}") from exc
+        if any(stride < 0 for stride in rgb.strides):  # BGR views: torch takes no negative strides
+            rgb = np.ascontiguousarray(rgb)
         expected = tuple(self.policy.config.image_size)
         if rgb.shape[:2] != expected:
             size = f"{rgb.shape[1]}x{rgb.shape[0]}"
@@ -278,13 +280,14 @@ class PolicyNode(Node):
         return text
 
     def _decode_truncated(self, tok, text: str) -> str:
+        """The part of ``text`` the truncated tokens cover (token offsets), or ``text`` when unknown."""
         tokenizer = getattr(self.policy.processor, "tokenizer", None)
-        ids = getattr(tok, "ids", None)
-        if tokenizer is None or ids is None:
-            return text
+        limit = self.policy.config.tokenizer_max_length
         try:
-            return tokenizer.decode(list(np.asarray(ids).reshape(-1)), skip_special_tokens=True).strip()
-        except Exception:
+            offsets = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)["offset_mapping"]
+            end = max(e for _, e in offsets[:limit])
+            return text[:end] if end > 0 else text
+        except Exception:  # a tokenizer without offsets: report the text as sent
             return text
 
     def _abstract_tokens(self) -> list[int] | None:
