@@ -101,7 +101,8 @@ CORPUS = [
 # --------------------------------------------------------------------------------------------------
 def write_tiny_vlm(vlm_dir: Path, vocab_size: int = 320, text_layers: int = 4, hidden: int = 64,
                    heads: int = 4, kv_heads: int = 2, vision_layers: int = 2, vision_hidden: int = 32,
-                   image_size: int = 32, patch_size: int = 8, scale_factor: int = 2) -> None:
+                   vision_heads: int = 2, image_size: int = 32, patch_size: int = 8,
+                   scale_factor: int = 2) -> None:
     """Write a tiny SmolVLM config and a SmolVLM processor (BPE tokenizer) into ``vlm_dir``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import (
@@ -166,7 +167,7 @@ def write_tiny_vlm(vlm_dir: Path, vocab_size: int = 320, text_layers: int = 4, h
             "hidden_size": vision_hidden,
             "intermediate_size": 2 * vision_hidden,
             "num_hidden_layers": vision_layers,
-            "num_attention_heads": 2,
+            "num_attention_heads": vision_heads,
             "image_size": image_size,
             "patch_size": patch_size,
             "layer_norm_eps": 1e-6,
@@ -341,6 +342,19 @@ FIXTURE = Spec(
 )
 
 
+def spec_from_json(data: dict) -> Spec:
+    """A :class:`Spec` from its JSON form (lists where the dataclass has tuples)."""
+    data = dict(data)
+    data["cameras"] = {k: tuple(v) for k, v in data["cameras"].items()}
+    data["cases"] = [(int(seed), int(b), {k: tuple(v) for k, v in sizes.items()}, list(tasks))
+                     for seed, b, sizes, tasks in data["cases"]]
+    policy = dict(data["policy"])
+    if "resize_imgs_with_padding" in policy and policy["resize_imgs_with_padding"] is not None:
+        policy["resize_imgs_with_padding"] = tuple(policy["resize_imgs_with_padding"])
+    data["policy"] = policy
+    return Spec(**data)
+
+
 def make_case_inputs(seed: int, bsize: int, sizes: dict[str, tuple[int, int]], chunk: int,
                      max_action_dim: int, state_dim: int) -> tuple[dict[str, np.ndarray], np.ndarray, torch.Tensor]:
     """Seeded uint8 images (smooth pattern + noise), state and flow-matching noise."""
@@ -434,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="fixture directory")
     parser.add_argument("--check", action="store_true",
                         help="regenerate into a temp dir and compare with the committed fixtures")
+    parser.add_argument("--spec", type=Path, default=None,
+                        help="JSON file with a Spec (fields of the Spec dataclass) instead of the fixture "
+                             "spec; used by scripts/compare_lerobot.py")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(1)
@@ -448,6 +465,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fixture check OK: regenerated fixtures match {args.out}")
         return 0
     out = args.out.resolve()
+    if args.spec is not None:
+        generate(out, spec_from_json(json.loads(args.spec.read_text())))
+        print(f"spec {args.spec} generated into {out}")
+        return 0
     if out.exists():
         shutil.rmtree(out)
     generate(out)

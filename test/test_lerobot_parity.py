@@ -201,3 +201,24 @@ def test_quantile_normalisation_uses_the_quantiles(ckpt_copy):
     assert loaded.config.state_norm_mode == "min_max"
     assert torch.equal(loaded.normalize_state.min, stats["observation.state.q01"])
     assert torch.equal(loaded.normalize_state.max, stats["observation.state.q99"])
+
+
+def _add_empty_camera(data: dict, special_tokens: bool) -> None:
+    data["input_features"]["observation.images.empty_camera_0"] = {"type": "VISUAL", "shape": [3, 480, 640]}
+    data["empty_cameras"] = 1
+    data["add_image_special_tokens"] = special_tokens
+
+
+def test_empty_cameras_are_dropped(ckpt_copy, cases):
+    """LeRobot feeds an empty camera as a fully masked image: it cannot change the actions."""
+    _edit_json(ckpt_copy / "config.json", lambda d: _add_empty_camera(d, special_tokens=False))
+    loaded = load_lerobot_smolvla(ckpt_copy, tokenizer_dir=VLM)
+    assert loaded.config.camera_names == ["top", "wrist"]
+    actions = loaded.predict_action_chunk(observation(cases, 0, 0), num_steps=3, noise=cases["case0.noise"][0])
+    assert (actions - cases["case0.actions.steps3"][0]).abs().max().item() <= TOL
+
+
+def test_empty_cameras_with_image_special_tokens_are_rejected(ckpt_copy):
+    _edit_json(ckpt_copy / "config.json", lambda d: _add_empty_camera(d, special_tokens=True))
+    with pytest.raises(LeRobotCheckpointError, match="empty_cameras=1 together with add_image_special_tokens"):
+        load_lerobot_smolvla(ckpt_copy, tokenizer_dir=VLM)

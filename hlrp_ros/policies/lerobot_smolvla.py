@@ -17,7 +17,8 @@ It does not contain the VLM's architecture nor its tokenizer: LeRobot reads both
 
 * images: uint8 HWC -> float [0, 1] -> bilinear resize keeping the aspect ratio to
   ``resize_imgs_with_padding`` (LeRobot passes it as ``(width, height)``), padded left/top with 0 -> [-1, 1];
-  empty cameras (``observation.images.empty_camera_*``) are fully masked in LeRobot and therefore dropped;
+  empty cameras (``observation.images.empty_camera_*``) are fully masked in LeRobot and therefore dropped
+  (exact without image special tokens; that combination with special tokens is rejected);
 * language: the task gets a trailing ``"\\n"`` unless it has one (``smolvla_new_line_processor``), then it is
   tokenised with the processor's ``max_length`` / truncation / padding ("longest" or "max_length", right);
 * state: normalised with the preprocessor's mode and statistics, zero padded to ``max_state_dim``;
@@ -242,6 +243,11 @@ def read_lerobot_checkpoint(path: str | Path) -> LeRobotSmolVLA:
                               f"got inputs {sorted(inputs)} and outputs {sorted(outputs)}")
     if not camera_keys:
         raise _fail(cfg_path, "no image features")
+    n_empty = max(int(cfg.get("empty_cameras", 0)), sum(k.startswith(EMPTY_CAMERA_PREFIX) for k in inputs))
+    if n_empty and cfg.get("add_image_special_tokens", False):
+        # Without special tokens an empty camera contributes only masked tokens (dropping it is exact); with
+        # them its unmasked <fake_token_around_image><global-img>...<fake_token_around_image> stay in the prefix.
+        raise _fail(cfg_path, f"empty_cameras={n_empty} together with add_image_special_tokens=true is not supported")
     names = [camera_name(k) for k in camera_keys]
     if len(set(names)) != len(names):
         raise _fail(cfg_path, f"image features {camera_keys} give duplicate camera names {names}")
