@@ -1,16 +1,20 @@
 """demo_sim: the planar-arm demo world as a ROS 2 node.
 
 Publishes
-  * ``camera/image_raw`` (sensor_msgs/Image, rgb8) at ``camera_rate``: the top-down camera.
-  * ``joint_states`` (sensor_msgs/JointState) at ``physics_rate``: joint positions and velocities.
+  * ``/camera/image_raw`` (sensor_msgs/Image, rgb8) at ``camera_rate``: the top-down camera.
+  * ``/joint_states`` (sensor_msgs/JointState) at ``physics_rate``: joint positions and velocities.
   * ``~/episode`` (std_msgs/String, JSON) at ``status_rate``: the episode's status, see below.
 
+Topic names are absolute, like the policy and controller nodes' defaults (remap them together);
+the reset and status topics are private (``/demo_sim/reset``, ``/demo_sim/episode`` by default).
+
 Subscribes
-  * ``joint_command`` (sensor_msgs/JointState, by joint name; or std_msgs/Float64MultiArray in
+  * ``/joint_command`` (sensor_msgs/JointState, by joint name; or std_msgs/Float64MultiArray in
     joint order when ``command_type`` is ``float64_array``): position commands, followed at no
     more than the joint velocity limits.
-  * ``instruction`` (std_msgs/String): the colour it names becomes the episode's goal target
-    (the same topic the policy node listens to, so a switch mid-episode moves the goal too).
+  * ``/instruction`` (std_msgs/String): the colour it names becomes the episode's goal target
+    (the same topic the policy node listens to, so a switch mid-episode moves the goal too);
+    an instruction naming no colour leaves the goal as it is.
   * ``~/reset`` (std_msgs/String): starts a new episode. Data is empty or JSON with optional
     ``seed`` (int: target layout and start pose) and ``target`` (colour of the goal).
 
@@ -87,14 +91,14 @@ class DemoSim(Node):
         self._q_prev = self.world.q.copy()
         self._last_step = time.monotonic()
 
-        self.image_pub = self.create_publisher(Image, "camera/image_raw", 5)
-        self.joint_pub = self.create_publisher(JointState, "joint_states", 10)
+        self.image_pub = self.create_publisher(Image, "/camera/image_raw", 5)
+        self.joint_pub = self.create_publisher(JointState, "/joint_states", 10)
         self.status_pub = self.create_publisher(String, "~/episode", 10)
         if gp("command_type") == "joint_state":
-            self.create_subscription(JointState, "joint_command", self._on_joint_command, 10)
+            self.create_subscription(JointState, "/joint_command", self._on_joint_command, 10)
         else:
-            self.create_subscription(Float64MultiArray, "joint_command", self._on_array_command, 10)
-        self.create_subscription(String, "instruction", self._on_instruction, 10)
+            self.create_subscription(Float64MultiArray, "/joint_command", self._on_array_command, 10)
+        self.create_subscription(String, "/instruction", self._on_instruction, 10)
         self.create_subscription(String, "~/reset", self._on_reset, 10)
         self.create_timer(1.0 / gp("physics_rate"), self._step)
         self.create_timer(1.0 / gp("camera_rate"), self._publish_image)
@@ -128,7 +132,7 @@ class DemoSim(Node):
 
     def _on_instruction(self, msg: String) -> None:
         colour = parse_colour(msg.data)
-        if colour != self.goal:
+        if colour is not None and colour != self.goal:
             self._new_goal(colour)
 
     # --- commands --------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import numpy as np
 from hlrp_ros.sim.world import ArmSpec, forward_kinematics
 
 #: Joint-space speed of the expert (rad/s, max over joints); below the arm's velocity limits.
-EXPERT_SPEED = 1.4
+EXPERT_SPEED = 1.8
 
 
 def _wrap_into(angle: float, lower: float, upper: float) -> float:

@@ -37,7 +37,7 @@ class ArmSpec:
     lower: tuple[float, ...] = (-0.8, -2.7, -2.7)
     upper: tuple[float, ...] = (math.pi + 0.8, 2.7, 2.7)
     # Joint velocity limits (rad/s) applied when following position commands.
-    velocity_limits: tuple[float, ...] = (2.0, 2.0, 2.0)
+    velocity_limits: tuple[float, ...] = (2.5, 2.5, 2.5)
 
     def __post_init__(self) -> None:
         n = len(self.joint_names)

@@ -1,0 +1,111 @@
+"""Episodes of the planar-arm task without ROS: the data-collection behaviour and a fast closed loop.
+
+``collect_episode`` runs a *behaviour* policy (the scripted expert, perturbed: executed-action
+noise, detours toward another target first, random kicks) and labels every visited state with
+the *expert's* chunk toward the instructed target, so the dataset covers states off the expert's
+path, including states heading for the wrong target (what a mid-episode instruction switch
+produces). ``run_policy_episode`` is the in-process closed loop used to check training quickly;
+reported figures come from the ROS closed loop (``hlrp_ros.tools.evaluate``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from hlrp_ros.sim.expert import expert_chunk, expert_step, inverse_kinematics
+from hlrp_ros.sim.language import make_instruction
+from hlrp_ros.sim.render import Camera
+from hlrp_ros.sim.world import World
+
+#: Time between consecutive actions of a chunk (s); the policy node's chunk dt must match.
+ACTION_DT = 0.1
+
+
+@dataclass
+class Episode:
+    images: np.ndarray       # (T, H, W, 3) uint8
+    states: np.ndarray       # (T, dof) float32
+    actions: np.ndarray      # (T, horizon, dof) float32: expert chunk from each state
+    instruction: str
+    colour: str
+
+
+def collect_episode(world: World, camera: Camera, rng: np.random.Generator, *, steps: int, horizon: int,
+                    dt: float = ACTION_DT, split: str = "train") -> Episode:
+    """One perturbed-expert episode in a freshly reset ``world`` (see the module docstring)."""
+    arm = world.spec.arm
+    world.reset(seed=int(rng.integers(2**31)))
+    colour = world.targets[int(rng.integers(len(world.targets)))].colour
+    goal = inverse_kinematics(arm, world.target(colour).position)
+    others = [t for t in world.targets if t.colour != colour]
+    detour_steps = 0
+    detour_goal = goal
+    mode = rng.random()
+    if mode < 0.35:  # head for another target (or a random pose) first
+        detour_steps = int(rng.integers(2, 22))
+        if rng.random() < 0.8:
+            detour_goal = inverse_kinematics(arm, others[int(rng.integers(len(others)))].position)
+        else:
+            detour_goal = arm.clip(rng.uniform(arm.lower, arm.upper))
+    noise = float(rng.choice([0.0, 0.02, 0.05, 0.1]))
+    kick_prob = 0.08 if mode > 0.8 else 0.0
+    speed_scale = float(rng.uniform(0.6, 1.0))
+    images, states, actions = [], [], []
+    for k in range(steps):
+        images.append(camera.render(world))
+        states.append(world.q.copy())
+        actions.append(expert_chunk(world.q, goal, horizon, dt))
+        target = detour_goal if k < detour_steps else goal
+        cmd = expert_step(world.q, target, dt, speed=1.8 * speed_scale)
+        cmd = cmd + rng.normal(0.0, noise, arm.dof)
+        if rng.random() < kick_prob:
+            cmd = cmd + rng.uniform(-0.6, 0.6, arm.dof)
+        world.set_command(cmd)
+        for _ in range(5):
+            world.step(dt / 5)
+    return Episode(np.stack(images), np.asarray(states, np.float32), np.asarray(actions, np.float32),
+                   make_instruction(colour, rng, split), colour)
+
+
+@dataclass
+class EpisodeResult:
+    success: bool          # stayed on the goal for the dwell time
+    reached: bool          # was on the goal at some time
+    final_on_target: bool  # on the goal at the end
+    final_nearest: str     # colour of the nearest target at the end
+    final_distance: float  # m
+
+
+def run_policy_episode(world: World, camera: Camera, chunk_fn: Callable[[np.ndarray, np.ndarray, str], np.ndarray],
+                       instruction: str, colour: str, *, seconds: float = 5.0, n_action_steps: int = 8,
+                       dt: float = ACTION_DT, dwell: float = 0.5,
+                       switch: tuple[float, str, str] | None = None) -> EpisodeResult:
+    """Closed loop in process: ``chunk_fn(image, state, instruction) -> (C, dof)`` every ``n_action_steps``.
+
+    ``switch=(time, instruction, colour)`` changes the instruction (and the goal) mid-episode.
+    The episode ends after ``seconds`` or once the goal was held for ``dwell`` seconds.
+    """
+    t, on_since, reached = 0.0, None, False
+    queue: list[np.ndarray] = []
+    while t < seconds:
+        if switch is not None and t >= switch[0] and colour != switch[2]:
+            instruction, colour, queue, on_since, reached = switch[1], switch[2], [], None, False
+        if not queue:
+            queue = list(chunk_fn(camera.render(world), world.q.astype(np.float32), instruction)[:n_action_steps])
+        world.set_command(queue.pop(0))
+        for _ in range(5):
+            world.step(dt / 5)
+        t += dt
+        if world.on_target(colour):
+            reached = True
+            on_since = t if on_since is None else on_since
+            if t - on_since >= dwell:
+                break
+        else:
+            on_since = None
+    nearest, _ = world.nearest_target()
+    return EpisodeResult(on_since is not None and t - on_since >= dwell, reached, world.on_target(colour),
+                         nearest, world.distance_to(colour))

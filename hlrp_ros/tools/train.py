@@ -1,0 +1,193 @@
+"""Train the HLRP policy on the planar-arm reaching dataset (flow matching, CPU).
+
+    python -m hlrp_ros.tools.train --data artifacts/demo_arm/dataset.npz --out artifacts/demo_arm/run \
+        --steps 4000 --seed 0
+    # interrupted? the same command with --resume continues from <out>/last
+    # language-blind baseline: add --blind (the colour is withheld: every instruction is "reach the target")
+
+Writes ``<out>/last`` (checkpoint + optimiser state, every ``--save-every`` steps) and
+``<out>/final`` (the checkpoint: ``config.json``, ``model.safetensors`` with the
+normalisation statistics, ``tokenizer/``, and ``training.json`` with the command and seed).
+Batches and flow-matching noise/time are a pure function of (seed, step), so a resumed run
+draws the same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from hlrp_ros.policies.hlrp.modeling_hlrp import HLRPPolicy
+from hlrp_ros.policies.hlrp.presets import make_config
+from hlrp_ros.policies.hlrp.processor_hlrp import resize_with_pad
+from hlrp_ros.sim.world import ArmSpec
+
+logger = logging.getLogger(__name__)
+TRAIN_STATE = "train_state.pt"
+#: The only instruction a language-blind model ever sees (names no colour: the task is withheld).
+BLIND_INSTRUCTION = "reach the target"
+
+
+def build_policy(chunk_size: int, n_action_steps: int, image_size: int) -> HLRPPolicy:
+    """The demo model: the ``tiny`` preset sized for the 3-joint arm, fixed 2D sin-cos vision positions."""
+    arm = ArmSpec()
+    config = make_config(
+        "tiny", state_dim=arm.dof, action_dim=arm.dof, joint_names=list(arm.joint_names),
+        image_size=(image_size, image_size), chunk_size=chunk_size, n_action_steps=n_action_steps,
+        num_steps=10, vision_sincos_pos_embed=True, freeze_vision_pos_embed=True,
+    )
+    return HLRPPolicy(config)
+
+
+class Batcher:
+    """Model-ready batches from the dataset arrays (images scaled once per batch, texts tokenised once)."""
+
+    def __init__(self, data: dict[str, np.ndarray], policy: HLRPPolicy, blind: bool) -> None:
+        self.images = torch.from_numpy(data["images"])  # (N, H, W, 3) uint8
+        self.states = torch.from_numpy(data["states"].astype(np.float32))
+        self.actions = torch.from_numpy(data["actions"].astype(np.float32))
+        self.instr = torch.from_numpy(data["instruction_ids"].astype(np.int64))
+        texts = [BLIND_INSTRUCTION if blind else str(t) for t in data["instructions"]]
+        toks = [policy.processor.tokenize(t) for t in texts]
+        length = max(t.ids.shape[1] for t in toks)
+        self.lang = torch.zeros((len(toks), length), dtype=torch.long)
+        self.lang_mask = torch.zeros((len(toks), length), dtype=torch.bool)
+        for i, t in enumerate(toks):
+            self.lang[i, : t.ids.shape[1]] = t.ids[0]
+            self.lang_mask[i, : t.ids.shape[1]] = t.mask[0]
+        self.config = policy.config
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def batch(self, index: np.ndarray) -> dict[str, torch.Tensor]:
+        idx = torch.from_numpy(index)
+        img = self.images[idx].permute(0, 3, 1, 2).to(torch.float32) / 255.0
+        h, w = self.config.image_size
+        img = resize_with_pad(img, w, h, pad_value=self.config.image_pad_value) * 2.0 - 1.0
+        lang, mask = self.lang[self.instr[idx]], self.lang_mask[self.instr[idx]]
+        keep = mask.any(dim=0)  # drop columns that are padding in every row
+        return {
+            "images": img[:, None], "image_masks": torch.ones(len(idx), 1, dtype=torch.bool),
+            "lang_tokens": lang[:, keep], "lang_masks": mask[:, keep],
+            "state": self.states[idx], "actions": self.actions[idx],
+        }
+
+
+def stats(x: np.ndarray) -> dict[str, np.ndarray]:
+    flat = x.reshape(-1, x.shape[-1]).astype(np.float64)
+    return {"mean": flat.mean(0).astype(np.float32), "std": flat.std(0).astype(np.float32),
+            "min": flat.min(0).astype(np.float32), "max": flat.max(0).astype(np.float32)}
+
+
+def learning_rate(step: int, total: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def save(policy: HLRPPolicy, optimizer: torch.optim.Optimizer, step: int, directory: Path, info: dict) -> None:
+    tmp = directory.with_name(directory.name + ".tmp")
+    policy.save_pretrained(tmp)
+    torch.save({"optimizer": optimizer.state_dict(), "step": step}, tmp / TRAIN_STATE)
+    (tmp / "training.json").write_text(json.dumps({**info, "step": step}, indent=2) + "\n")
+    if directory.exists():
+        old = directory.with_name(directory.name + ".old")
+        directory.rename(old)
+        tmp.rename(directory)
+        for f in sorted(old.rglob("*"), reverse=True):
+            f.unlink() if f.is_file() else f.rmdir()
+        old.rmdir()
+    else:
+        tmp.rename(directory)
+
+
+def train(args: argparse.Namespace) -> Path:
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    data = dict(np.load(args.data))
+    horizon = data["actions"].shape[1]
+    policy = build_policy(horizon, args.n_action_steps, data["images"].shape[1])
+    policy.set_normalization_stats(state=stats(data["states"]), action=stats(data["actions"]))
+    last = args.out / "last"
+    start = 0
+    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=args.lr,
+                                  weight_decay=1e-4)
+    if args.resume and (last / TRAIN_STATE).is_file():
+        policy.load_weights(last / "model.safetensors")
+        state = torch.load(last / TRAIN_STATE, weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        start = int(state["step"])
+        logger.info("resumed from %s at step %d", last, start)
+    n_params = sum(p.numel() for p in policy.parameters())
+    logger.info("%d samples, %d parameters, blind=%s", len(data["states"]), n_params, args.blind)
+    batcher = Batcher(data, policy, args.blind)
+    info = {"command": "python -m hlrp_ros.tools.train " + " ".join(shlex.quote(a) for a in args.argv),
+            "seed": args.seed, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+            "blind": args.blind, "dataset": str(args.data), "dataset_meta": str(data.get("meta", [""])[0]),
+            "parameters": n_params}
+    policy.train()
+    t0 = time.monotonic()
+    ema = None
+    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="train", unit="step")
+    for step in bar:
+        rng = np.random.default_rng([args.seed, step])
+        batch = batcher.batch(rng.integers(0, len(batcher), args.batch_size))
+        gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
+        loss = policy.compute_loss(batch, generator=gen)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+        optimizer.step()
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        bar.set_postfix(loss=f"{ema:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}")
+        if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
+            policy.eval()
+            save(policy, optimizer, step + 1, last, {**info, "loss_ema": ema})
+            policy.train()
+    policy.eval()
+    final = args.out / "final"
+    info.update({"loss_ema": ema, "train_seconds_this_run": round(time.monotonic() - t0, 1)})
+    policy.save_pretrained(final)
+    (final / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+    logger.info("saved %s (loss ema %.4f, %.0f s)", final, ema or float("nan"), time.monotonic() - t0)
+    return final
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("artifacts/demo_arm/dataset.npz"))
+    parser.add_argument("--out", type=Path, default=Path("artifacts/demo_arm/run"))
+    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--n-action-steps", type=int, default=8)
+    parser.add_argument("--save-every", type=int, default=250)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--blind", action="store_true", help=f"withhold the instruction (language-blind baseline): every sample gets {BLIND_INSTRUCTION!r}")
+    parser.add_argument("--resume", action="store_true", help="continue from <out>/last if it exists")
+    args = parser.parse_args(argv)
+    args.argv = argv
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    train(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,71 @@
+"""Launch the HLRP policy node and controller node, and optionally the demo world.
+
+    ros2 launch hlrp_ros hlrp.launch.py                         # policy + controller, shipped demo checkpoint
+    ros2 launch hlrp_ros hlrp.launch.py use_sim:=true           # + demo world (planar arm), config/demo.yaml
+    ros2 launch hlrp_ros hlrp.launch.py params_file:=<share>/config/gazebo.yaml checkpoint:=/path/to/ckpt
+
+Parameter files are applied in order: ``params_file`` (default config/hlrp.yaml), then
+config/demo.yaml when ``use_sim`` is true, then the ``checkpoint``/``device`` arguments.
+The remapping arguments rename the nodes' topics /camera/image_raw, /joint_states and
+/joint_command (e.g. to a simulator's names).
+"""
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch.actions import DeclareLaunchArgument, GroupAction
+from launch.conditions import IfCondition, UnlessCondition
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node, PushRosNamespace
+
+from launch import LaunchDescription
+
+PACKAGE = "hlrp_ros"
+#: Executables started by this file (the same ones `make demo` and the evaluation start).
+EXECUTABLES = ("policy_node", "controller_node", "demo_sim")
+
+
+def _nodes(param_files: list, with_sim: bool) -> list:
+    remappings = [
+        ("/camera/image_raw", LaunchConfiguration("camera_topic")),
+        ("/joint_states", LaunchConfiguration("joint_states_topic")),
+        ("/joint_command", LaunchConfiguration("command_topic")),
+    ]
+    policy_overrides = {"checkpoint": LaunchConfiguration("checkpoint"), "device": LaunchConfiguration("device")}
+    nodes = [
+        PushRosNamespace(LaunchConfiguration("namespace")),
+        Node(package=PACKAGE, executable="policy_node", name="policy_node", output="screen",
+             parameters=[*param_files, policy_overrides], remappings=remappings),
+        Node(package=PACKAGE, executable="controller_node", name="controller_node", output="screen",
+             parameters=param_files, remappings=remappings),
+    ]
+    if with_sim:
+        nodes.append(Node(package=PACKAGE, executable="demo_sim", name="demo_sim", output="screen",
+                          parameters=param_files, remappings=remappings))
+    return nodes
+
+
+def generate_launch_description() -> LaunchDescription:
+    share = get_package_share_directory(PACKAGE)
+    params_file = LaunchConfiguration("params_file")
+    use_sim = LaunchConfiguration("use_sim")
+    demo_params = os.path.join(share, "config", "demo.yaml")
+    return LaunchDescription([
+        DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "hlrp.yaml"),
+                              description="ROS 2 parameter file of the nodes (config/hlrp.yaml, gazebo.yaml, "
+                                          "isaac.yaml or your own)"),
+        DeclareLaunchArgument("checkpoint", default_value=os.path.join(share, "models", "demo_arm"),
+                              description="Policy checkpoint directory (default: the shipped demo checkpoint)"),
+        DeclareLaunchArgument("device", default_value="cpu", description="Torch device: cpu, cuda, cuda:N"),
+        DeclareLaunchArgument("use_sim", default_value="false",
+                              description="Start the demo world (demo_sim) and apply config/demo.yaml"),
+        DeclareLaunchArgument("namespace", default_value="", description="Namespace of all nodes"),
+        DeclareLaunchArgument("camera_topic", default_value="/camera/image_raw",
+                              description="Camera image topic (remaps /camera/image_raw)"),
+        DeclareLaunchArgument("joint_states_topic", default_value="/joint_states",
+                              description="Joint state topic (remaps /joint_states)"),
+        DeclareLaunchArgument("command_topic", default_value="/joint_command",
+                              description="Controller command topic (remaps /joint_command)"),
+        GroupAction(_nodes([params_file], with_sim=False), condition=UnlessCondition(use_sim)),
+        GroupAction(_nodes([params_file, demo_params], with_sim=True), condition=IfCondition(use_sim)),
+    ])
