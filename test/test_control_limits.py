@@ -107,3 +107,9 @@ def test_tick_gate_skips_the_overdue_tick_and_counts_overrun_periods():
     assert gate.skipped == 3
     gate.end(0.46)
     assert math.isclose(gate.period, 0.1)
+
+
+def test_unlimited_velocity_with_zero_step_time_jumps():
+    lim = JointLimits.build(2)
+    path = limit_path(np.zeros(2), 1.0, np.array([1.0, 1.1]), np.array([[0.3, 0.4], [0.5, 0.6]]), lim)
+    np.testing.assert_allclose(path, [[0.3, 0.4], [0.5, 0.6]])

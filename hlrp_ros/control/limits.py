@@ -60,8 +60,9 @@ class JointLimits:
         return np.clip(positions, self.lower, self.upper)
 
 
-def step_towards(current: np.ndarray, target: np.ndarray, max_step: np.ndarray) -> np.ndarray:
-    """Move from ``current`` towards ``target`` by at most ``max_step`` per joint."""
+def step_towards(current: np.ndarray, target: np.ndarray, velocity: np.ndarray, dt: float) -> np.ndarray:
+    """Move from ``current`` towards ``target`` at most ``velocity * dt`` per joint (``inf`` velocity: jump)."""
+    max_step = np.where(np.isfinite(velocity), velocity * max(dt, 0.0), np.inf)
     return current + np.clip(target - current, -max_step, max_step)
 
 
@@ -81,7 +82,7 @@ def limit_path(start: np.ndarray | None, start_time: float, times: np.ndarray, t
     previous, previous_time = (None, start_time) if start is None else (np.asarray(start, dtype=np.float64), start_time)
     for k in range(out.shape[0]):
         if previous is not None:
-            out[k] = step_towards(previous, out[k], limits.max_velocity * max(float(times[k]) - previous_time, 0.0))
+            out[k] = step_towards(previous, out[k], limits.max_velocity, float(times[k]) - previous_time)
         previous, previous_time = out[k], float(times[k])
     return out
 
@@ -148,7 +149,7 @@ class SafetyFilter:
                     seam_jump = (joint, float(gap[joint]))
             dt = self._step_time(t)
             speed = self.ramp_velocity if self.ramping else self.limits.max_velocity
-            command = step_towards(self.last, goal, speed * dt)
+            command = step_towards(self.last, goal, speed, dt)
             if self.ramping and np.allclose(command, goal, atol=1e-9, rtol=0.0):
                 self.ramping = False
         command = self.limits.clamp(command)

@@ -213,9 +213,12 @@ class ControllerNode(LifecycleNode):
 
     # ----------------------------------------------------------------------------- control loop
     def _set_state(self, state: OutputState, reason: str) -> None:
-        if self.tracker.update(state, reason):
-            log = self.get_logger().info if state == OutputState.RUNNING else self.get_logger().warning
-            log(f"{state.value}: {reason}")
+        if not self.tracker.update(state, reason):
+            return
+        if state == OutputState.RUNNING:  # rclpy: one severity per call site
+            self.get_logger().info(f"{state.value}: {reason}")
+        else:
+            self.get_logger().warning(f"{state.value}: {reason}")
 
     def on_tick(self) -> None:
         """Command what is due now (or hold / stop); never counts ticks."""
