@@ -129,6 +129,8 @@ class HLRPConfig:
         """Normalises JSON types and validates invariants (raises ``ValueError``)."""
         self.image_size = tuple(int(v) for v in self.image_size)  # type: ignore[assignment]
         self.camera_names = list(self.camera_names)
+        # Canonical JSON form (tuples -> lists), so that a config equals itself after a JSON round trip.
+        self.vlm_config = json.loads(json.dumps(self.vlm_config))
         if self.max_state_dim is None:
             self.max_state_dim = self.state_dim
         if self.max_action_dim is None:

@@ -15,6 +15,7 @@ the state token its own block, and the action tokens are strictly causal among t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase, SmolVLMConfig
+from transformers.initialization import no_init_weights
 
 from hlrp_ros.policies.base import ActionExpert, Observation
 from hlrp_ros.policies.common import flow_matching
@@ -476,12 +478,17 @@ class HLRPPolicy(nn.Module, ActionExpert):
     Args:
         config: Sizes and knobs.
         tokenizer: Tokenizer; None -> :func:`build_tiny_tokenizer` sized to the text vocabulary.
+        init_weights: False skips random initialisation (parameters hold arbitrary values until a checkpoint
+            is loaded; much faster for large models). Buffers are always initialised.
     """
 
-    def __init__(self, config: HLRPConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> None:
+    def __init__(
+        self, config: HLRPConfig, tokenizer: PreTrainedTokenizerBase | None = None, init_weights: bool = True
+    ) -> None:
         super().__init__()
         self.config = config
-        self.model = VLAFlowMatching(config)
+        with contextlib.nullcontext() if init_weights else no_init_weights():
+            self.model = VLAFlowMatching(config)
         self.normalize_state = Normalizer(config.state_dim, config.state_norm_mode, config.norm_eps)
         self.normalize_action = Normalizer(config.action_dim, config.action_norm_mode, config.norm_eps)
         if tokenizer is None:
@@ -643,7 +650,7 @@ class HLRPPolicy(nn.Module, ActionExpert):
         tok_dir = Path(tokenizer_dir) if tokenizer_dir is not None else directory / TOKENIZER_DIR
         if not tok_dir.is_dir():
             raise FileNotFoundError(f"no tokenizer directory at {tok_dir}")
-        policy = cls(config, tokenizer=load_tokenizer(tok_dir))
+        policy = cls(config, tokenizer=load_tokenizer(tok_dir), init_weights=False)
         policy.load_weights(directory / WEIGHTS_NAME)
         policy.to_device_dtype(device, dtype)
         return policy.eval()
