@@ -75,6 +75,7 @@ def start_sensor_stream(spinner: SpinningNode, joint_names=("elbow", "extra", "s
     ({"checkpoint": "/nonexistent/ckpt"}, "checkpoint"),
     ({"camera_names": ["top"]}, "camera_names"),
     ({"dtype": "float8"}, "dtype"),
+    ({"device": "tpu"}, "device"),
 ])
 def test_invalid_parameter_exits_nonzero_naming_it(node_process, checkpoint, params, name):
     proc = node_process("policy_node", params=policy_params(checkpoint, **params))

@@ -62,7 +62,8 @@ class JointLimits:
 
 def step_towards(current: np.ndarray, target: np.ndarray, velocity: np.ndarray, dt: float) -> np.ndarray:
     """Move from ``current`` towards ``target`` at most ``velocity * dt`` per joint (``inf`` velocity: jump)."""
-    max_step = np.where(np.isfinite(velocity), velocity * max(dt, 0.0), np.inf)
+    finite = np.isfinite(velocity)
+    max_step = np.where(finite, np.where(finite, velocity, 0.0) * max(dt, 0.0), np.inf)
     return current + np.clip(target - current, -max_step, max_step)
 
 

@@ -111,7 +111,9 @@ def declare_parameters(node, specs: Sequence[ParamSpec]) -> dict[str, Any]:
 
 def describe_parameters(specs: Sequence[ParamSpec]) -> str:
     """Markdown table of the specs (for docs)."""
-    rows = ["| parameter | default | description |", "| --- | --- | --- |"]
+    rows = ["| parameter | default | range | description |", "| --- | --- | --- | --- |"]
     for s in specs:
-        rows.append(f"| `{s.name}` | `{s.default!r}` | {s.descriptor().description} |")
+        bounds = "" if s.minimum is None and s.maximum is None else (
+            f"[{'' if s.minimum is None else s.minimum}, {'' if s.maximum is None else s.maximum}]")
+        rows.append(f"| `{s.name}` | `{s.default!r}` | {bounds} | {s.descriptor().description} |")
     return "\n".join(rows)

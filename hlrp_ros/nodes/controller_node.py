@@ -45,7 +45,8 @@ PARAMS = (
               minimum=0.001, maximum=3600.0),
     ParamSpec("on_timeout", "hold", "When the chunk ran out or the watchdog tripped: hold the last safe command "
               "(keep publishing it) or stop publishing.", choices=("hold", "stop")),
-    ParamSpec("max_chunk_age", 1.0, "A chunk whose observation is older than this on arrival is stale (s).",
+    ParamSpec("max_chunk_age", 2.0, "A chunk whose observation is older than this on arrival is stale (s); "
+              "must exceed the policy's inference latency plus its max_observation_age.",
               minimum=0.0, maximum=3600.0),
     ParamSpec("position_limits_lower", [], "Lowest position per joint (empty: unlimited).", item_type=float),
     ParamSpec("position_limits_upper", [], "Highest position per joint (empty: unlimited).", item_type=float),

@@ -17,6 +17,7 @@ reason) and no chunk is published for that tick. The model is reached only throu
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from pathlib import Path
@@ -116,6 +117,8 @@ class PolicyNode(Node):
         path = Path(p["checkpoint"]) if p["checkpoint"] else None
         if path is None or not (path / "config.json").is_file():
             raise ParameterError("checkpoint", f"no checkpoint (config.json) at {p['checkpoint']!r}")
+        if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", p["device"]):
+            raise ParameterError("device", f"expected cpu, cuda, cuda:N or mps, got {p['device']!r}")
         if p["tokenizer_dir"] and not Path(p["tokenizer_dir"]).is_dir():
             raise ParameterError("tokenizer_dir", f"not a directory: {p['tokenizer_dir']!r}")
         topics, names = p["camera_topics"], p["camera_names"]
@@ -137,6 +140,8 @@ class PolicyNode(Node):
         from hlrp_ros.policies.factory import load_policy
 
         p = self.params
+        if p["device"].startswith("cuda") and not torch.cuda.is_available():
+            raise ParameterError("device", f"{p['device']!r} requested but CUDA is not available")
         if p["torch_threads"]:
             torch.set_num_threads(p["torch_threads"])
         kwargs = {}
