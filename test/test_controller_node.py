@@ -168,3 +168,42 @@ def test_invalid_parameter_exits_nonzero_naming_it(node_process, params, name):
     code = proc.wait(timeout=STARTUP_TIMEOUT)
     assert code not in (None, 0), proc.output()
     assert f"invalid parameter '{name}'" in proc.output()
+
+
+def test_seam_jump_from_measured_position_is_ramped_within_velocity_limit(rclpy_context, capfd):
+    """In-process (no timing assumptions): ticks are driven by hand, steps checked against the limit."""
+    import time
+
+    from rclpy.parameter import Parameter
+    from ros_testing import joint_state
+
+    from hlrp_ros.nodes.controller_node import ControllerNode
+
+    params = controller_params(joint_states_topic="/hlrp_test/seam/joint_states", velocity_limits=[1.0, 1.0],
+                               seam_threshold=0.1, seam_ramp_scale=0.5, position_limits_upper=[0.4, 10.0],
+                               position_limits_lower=[-10.0, -10.0])
+    node = ControllerNode("seam_controller", context=rclpy_context,
+                          parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+    try:
+        node.trigger_configure()
+        node.trigger_activate()
+        now = node.get_clock().now().nanoseconds
+        node.on_joint_state(joint_state(now, ["elbow", "shoulder"], [0.0, 0.0]))
+        actions = np.tile(np.array([[0.3, 0.5]], dtype=np.float32), (200, 1))  # [elbow, shoulder]
+        node.on_chunk(encode_chunk(actions, ["elbow", "shoulder"], chunk_id=1, stamp_ns=now, first_action_ns=now,
+                                   dt=0.02))
+        published = []
+        node._cmd_pub.publish = lambda msg: published.append((time.monotonic(), list(msg.position)))
+        for _ in range(40):
+            node.on_tick()
+            time.sleep(0.01)
+        err = capfd.readouterr().err
+        assert "seam: chunk 1 starts 0.400 away on joint 'shoulder'" in err, err
+        positions = np.array([q for _, q in published])
+        max_step = 0.5 * 1.0 * 2 * (1 / 50.0)  # ramp speed x step-time cap
+        assert np.all(np.abs(np.diff(positions, axis=0)) <= max_step + 1e-9)
+        assert np.all(np.abs(positions[0]) <= max_step + 1e-9), "jumped at the seam"
+        assert positions[:, 0].max() <= 0.4 + 1e-9  # position limit of shoulder (the jump is to the clamped 0.4)
+        assert positions[-1, 1] > positions[0, 1]  # moving towards the chunk
+    finally:
+        node.destroy_node()

@@ -197,3 +197,30 @@ def test_joint_states_are_reordered_by_name(checkpoint, rclpy_context):
         np.testing.assert_array_equal(state, [1.0, 2.0])
     finally:
         node.destroy_node()
+
+
+def test_instruction_is_retokenised_only_when_it_changes(checkpoint, rclpy_context):
+    from rclpy.parameter import Parameter
+    from std_msgs.msg import String
+
+    from hlrp_ros.nodes.policy_node import PolicyNode
+
+    topics = policy_params(checkpoint)
+    overrides = [Parameter(k, value=v) for k, v in policy_params(checkpoint, inference_period=1000.0).items()]
+    node = PolicyNode("policy_node_tokens", context=rclpy_context, parameter_overrides=overrides)
+    try:
+        def feed(text: str) -> None:
+            now = node.get_clock().now().nanoseconds
+            node.latest[TOPICS["top"]] = (camera_image(now), now)
+            node.latest[TOPICS["wrist"]] = (compressed_image(now), now)
+            node.latest[topics["joint_states_topic"]] = (joint_state(now, JOINTS, [0.0, 0.0]), now)
+            node.latest[topics["instruction_topic"]] = (String(data=text), now)
+
+        feed("pick up the cube")
+        assert node.infer_once() and node.infer_once() and node.infer_once()
+        assert node.policy.processor.num_tokenizations == 1
+        feed("place the cube")
+        assert node.infer_once()
+        assert node.policy.processor.num_tokenizations == 2
+    finally:
+        node.destroy_node()
