@@ -14,6 +14,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -222,3 +223,62 @@ def test_empty_cameras_with_image_special_tokens_are_rejected(ckpt_copy):
     _edit_json(ckpt_copy / "config.json", lambda d: _add_empty_camera(d, special_tokens=True))
     with pytest.raises(LeRobotCheckpointError, match="empty_cameras=1 together with add_image_special_tokens"):
         load_lerobot_smolvla(ckpt_copy, tokenizer_dir=VLM)
+
+
+# --- served by policy_node ---------------------------------------------------------------------------------
+def _six_joint_copy(dst: Path) -> Path:
+    """The fixture checkpoint with a 6-dim state (state_proj is max_state_dim wide, so only the config and
+    the state statistics change): policy_node needs state_dim == action_dim == len(joint_names)."""
+    shutil.copytree(CKPT, dst)
+    _edit_json(dst / "config.json", lambda d: d["input_features"]["observation.state"].update(shape=[6]))
+    _edit_json(dst / "policy_preprocessor.json",
+               lambda d: d["steps"][5]["config"]["features"]["observation.state"].update(shape=[6]))
+    stats_file = dst / "policy_preprocessor_step_5_normalizer_processor.safetensors"
+    stats = load_file(str(stats_file))
+    save_file({k: v[:6].contiguous() if k.startswith("observation.state.") and k != "observation.state.count" else v
+               for k, v in stats.items()}, str(stats_file))
+    return dst
+
+
+@pytest.mark.ros
+def test_policy_node_serves_a_lerobot_checkpoint(node_process, rclpy_context, tmp_path):
+    from rclpy.qos import qos_profile_sensor_data
+    from ros_testing import STARTUP_TIMEOUT, SpinningNode, camera_image, joint_state, latched_qos, reliable_qos, wait_for
+    from sensor_msgs.msg import Image, JointState
+    from std_msgs.msg import String
+
+    from hlrp_ros.chunk_codec import decode_chunk
+    from hlrp_ros.msg import ActionChunk
+
+    ckpt = _six_joint_copy(tmp_path / "lerobot_ckpt")
+    joints = [f"j{i}" for i in range(6)]
+    topics = {"top": "/lerobot_test/top/image_raw", "wrist": "/lerobot_test/wrist/image_raw"}
+    with SpinningNode(rclpy_context) as spinner:
+        node = spinner.node
+        node.create_publisher(String, "/lerobot_test/instruction", latched_qos()).publish(String(data="pick up the blue block"))
+        chunks = spinner.collect(ActionChunk, "/lerobot_test/action_chunk", reliable_qos())
+        pubs = [node.create_publisher(Image, t, qos_profile_sensor_data) for t in topics.values()]
+        state_pub = node.create_publisher(JointState, "/lerobot_test/joint_states", qos_profile_sensor_data)
+        images = [camera_image(0, size=(48, 64)), camera_image(0, size=(40, 40), seed=3)]
+
+        def tick() -> None:
+            for pub, msg in zip(pubs, images, strict=True):
+                msg.header.stamp = node.get_clock().now().to_msg()
+                pub.publish(msg)
+            state_pub.publish(joint_state(spinner.now_ns(), joints, [0.1 * i for i in range(6)]))
+
+        node.create_timer(0.1, tick)
+        proc = node_process("policy_node", params={
+            "checkpoint": str(ckpt), "tokenizer_dir": str(VLM), "joint_names": joints,
+            "camera_topics": list(topics.values()), "camera_names": list(topics),
+            "joint_states_topic": "/lerobot_test/joint_states", "instruction_topic": "/lerobot_test/instruction",
+            "output_topic": "/lerobot_test/action_chunk", "inference_period": 0.5, "max_observation_age": 2.0,
+            "torch_threads": 1, "seed": 0,
+        })
+        assert wait_for(lambda: len(chunks) >= 1 or proc.returncode() is not None, STARTUP_TIMEOUT), proc.output()
+        assert chunks, proc.output()
+        _, msg = chunks[0]
+        chunk = decode_chunk(msg, joints)
+        assert (msg.horizon, msg.action_dim) == (10, 6) and np.isfinite(chunk.actions).all()
+        assert msg.instruction == "pick up the blue block"
+    assert proc.stop() == 0, proc.output()
