@@ -243,7 +243,15 @@ def _six_joint_copy(dst: Path) -> Path:
 @pytest.mark.ros
 def test_policy_node_serves_a_lerobot_checkpoint(node_process, rclpy_context, tmp_path):
     from rclpy.qos import qos_profile_sensor_data
-    from ros_testing import STARTUP_TIMEOUT, SpinningNode, camera_image, joint_state, latched_qos, reliable_qos, wait_for
+    from ros_testing import (
+        STARTUP_TIMEOUT,
+        SpinningNode,
+        camera_image,
+        joint_state,
+        latched_qos,
+        reliable_qos,
+        wait_for,
+    )
     from sensor_msgs.msg import Image, JointState
     from std_msgs.msg import String
 
