@@ -240,3 +240,29 @@ def test_chunk_id_not_increasing(controller, capfd):
     err = capfd.readouterr().err
     assert "rejected ActionChunk 5: id not greater than the last accepted (5)" in err
     assert controller.accepted == 1
+
+
+def test_repeated_bad_input_is_logged_once_per_period_and_counted(policy, capfd):
+    feed(policy, positions=(0.1, float("nan")))
+    for _ in range(5):
+        assert policy.infer_once() is False
+    err = capfd.readouterr().err
+    assert err.count("non-finite positions for ['elbow']") == 1, err
+    assert policy.reject.counts["joint_nonfinite"] == 5 and policy.published == 0
+
+
+def test_abstract_tokens_are_passed_and_bad_ids_rejected(context, tmp_path, capfd):
+    from std_msgs.msg import Int32MultiArray
+
+    ckpt = make_tiny_checkpoint(tmp_path / "abstract", camera_names=["top", "wrist"], abstract_tokens_enabled=True,
+                                abstract_vocab_size=8, abstract_max_length=4)
+    node = make_policy_node(context, ckpt, "bad_input_abstract", abstract_tokens_topic="/bad/abstract")
+    try:
+        feed(node)
+        node._keeper("/bad/abstract")(Int32MultiArray(data=[1, 2, 3]))
+        assert node.infer_once() is True and node.published == 1
+        node.published = 0
+        node._keeper("/bad/abstract")(Int32MultiArray(data=[42]))
+        assert_rejected(node, capfd, "inference failed: ValueError: abstract token ids must be in [0, 8)")
+    finally:
+        node.destroy_node()

@@ -96,7 +96,10 @@ class PolicyNode(Node):
         self._validate_static()
         self.reject = ReasonThrottle(self.get_logger().warning)
         self.warn_once = ReasonThrottle(self.get_logger().warning, period=float("inf"))
-        self.images = ImageConverter(self.params["image_backend"])
+        try:
+            self.images = ImageConverter(self.params["image_backend"])
+        except RuntimeError as exc:
+            raise ParameterError("image_backend", str(exc)) from exc
         self._load_policy()
         self.latest: dict[str, tuple[object, int]] = {}  # topic -> (message, receive time ns)
         self.chunk_id = 0
