@@ -189,7 +189,9 @@ def _normalization(path: Path, step: dict[str, Any] | None, feature_key: str, fe
         raise _fail(path, f"unsupported normalization mode {lr_mode!r} for {feature_type}")
     mode, lo, hi = NORM_MODES[lr_mode]
     stats = step.get("stats", {}).get(feature_key)
-    if mode == "identity" or feature_key not in cfg.get("features", {feature_key: None}):
+    # Observations are (un)normalised only when listed in the step's features; the action always is.
+    listed = feature_type == "ACTION" or feature_key in cfg.get("features", {feature_key: None})
+    if mode == "identity" or not listed:
         return Normalization("identity", {}, eps)
     if stats is None:
         # LeRobot's normalizer passes a feature through unchanged when it has no statistics.
