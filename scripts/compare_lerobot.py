@@ -86,6 +86,19 @@ VARIANTS: dict[str, dict] = {
         cases=[[400, 1, {"cam": [480, 640]}, TASKS[2:3]], [401, 2, {"cam": [100, 30]}, TASKS[3:5]]],
         step_counts=[3, 10],
     ),
+    # SmolVLM2-500M's shape ratios scaled down: 15 query / 5 key-value heads (3 groups), 16 of 32 layers kept,
+    # patch 16 and pixel-shuffle 4, expert width 0.75, chunk 50 with SmolVLA's default processor settings.
+    "smolvlm2-shaped": dict(
+        policy=dict(chunk_size=50, n_action_steps=50, max_state_dim=32, max_action_dim=32,
+                    resize_imgs_with_padding=[128, 128], tokenizer_max_length=48, num_vlm_layers=16,
+                    num_expert_layers=-1, self_attn_every_n_layers=2, expert_width_multiplier=0.75, num_steps=10),
+        vlm=dict(text_layers=32, hidden=120, heads=15, kv_heads=5, vision_layers=2, vision_hidden=48,
+                 vision_heads=3, image_size=128, patch_size=16, scale_factor=4),
+        seed=15, norm_map={"VISUAL": "IDENTITY", "STATE": "MEAN_STD", "ACTION": "MEAN_STD"},
+        cameras={"up": [480, 640], "side": [480, 640], "wrist": [480, 640]}, state_dim=6, action_dim=6,
+        cases=[[600, 1, {"up": [480, 640], "side": [240, 320], "wrist": [720, 1280]}, TASKS[0:1]]],
+        step_counts=[10],
+    ),
     # Every layer self-attention (self_attn_every_n_layers=1), identity state normalisation.
     "all-self-attn": dict(
         policy=dict(_BASE_POLICY, self_attn_every_n_layers=1, max_state_dim=8, max_action_dim=8),
