@@ -266,3 +266,18 @@ def test_abstract_tokens_are_passed_and_bad_ids_rejected(context, tmp_path, capf
         assert_rejected(node, capfd, "inference failed: ValueError: abstract token ids must be in [0, 8)")
     finally:
         node.destroy_node()
+
+
+def test_watchdog_before_any_command_stops_without_publishing(controller, capfd):
+    import time
+
+    from hlrp_ros.control.watchdog import Watchdog
+
+    controller.watchdog = Watchdog(0.05)
+    controller.on_chunk(chunk_msg(controller, start_offset=5.0))  # first action due far after the timeout
+    time.sleep(0.1)
+    controller.on_tick()
+    controller.on_tick()
+    err = capfd.readouterr().err
+    assert err.count("before any command, stopped publishing") == 1, err
+    assert controller.accepted == 1 and controller.published == 0

@@ -39,7 +39,11 @@ class ChunkSender:
         self.pub = spinner.node.create_publisher(ActionChunk, CHUNK_TOPIC, reliable_qos(1))
 
     def wait_connected(self) -> bool:
-        return bool(wait_for(lambda: self.pub.get_subscription_count() > 0, STARTUP_TIMEOUT))
+        """Wait until the controller subscribed; then let discovery settle on its side too (a volatile
+        reader drops samples written before it matched the writer)."""
+        connected = bool(wait_for(lambda: self.pub.get_subscription_count() > 0, STARTUP_TIMEOUT))
+        wait_for(lambda: False, 1.0)
+        return connected
 
     def send(self, chunk_id: int, start_offset: float, shoulder, elbow, dt: float = 0.1) -> TimedChunk:
         """Chunk due from now + start_offset; returns it as a TimedChunk in [shoulder, elbow] order."""
@@ -72,7 +76,7 @@ def test_executes_at_due_times_switches_chunks_and_trips_watchdog(node_process, 
         sender = ChunkSender(spinner)
         assert sender.wait_connected(), proc.output()
         steps = np.arange(25)
-        first = sender.send(1, 0.2, shoulder=0.01 * steps[:10], elbow=1.0 - 0.01 * steps[:10])
+        first = sender.send(1, 0.2, shoulder=0.01 * steps, elbow=1.0 - 0.01 * steps)
         assert wait_for(lambda: len(commands) >= 10, 30.0), proc.output()
         # Computed from an observation 0.25 s ago: its first steps already elapsed. It lasts longer
         # than the watchdog timeout, so the watchdog (not the end of the chunk) stops it.
@@ -136,12 +140,13 @@ def test_float64_array_output_stops_when_chunk_runs_out(node_process, rclpy_cont
 def test_joint_trajectory_output_sends_the_remaining_chunk(node_process, rclpy_context):
     from trajectory_msgs.msg import JointTrajectory
 
-    proc = node_process("controller_node", params=controller_params(output_mode="joint_trajectory"))
+    proc = node_process("controller_node", params=controller_params(output_mode="joint_trajectory",
+                                                                     watchdog_timeout=5.0))
     with SpinningNode(rclpy_context) as spinner:
         trajectories = spinner.collect(JointTrajectory, COMMAND_TOPIC)
         sender = ChunkSender(spinner)
         assert sender.wait_connected(), proc.output()
-        chunk = sender.send(1, 0.5, shoulder=[0.1, 0.2, 0.3, 0.4, 0.5], elbow=[0.0, 0.1, 0.2, 0.3, 0.4])
+        chunk = sender.send(1, 0.8, shoulder=[0.1, 0.2, 0.3, 0.4, 0.5], elbow=[0.0, 0.1, 0.2, 0.3, 0.4])
         assert wait_for(lambda: trajectories, 30.0), proc.output()
     traj = trajectories[0][1]
     assert list(traj.joint_names) == JOINTS

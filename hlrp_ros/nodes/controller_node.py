@@ -227,18 +227,7 @@ class ControllerNode(LifecycleNode):
         self.last_tick = now
         target = None if self.watchdog.expired(now) else self.executor_.target(now)
         if target is None:
-            if self.tracker.state == OutputState.WAITING:
-                return
-            if self.watchdog.expired(now):
-                reason = (f"watchdog: no valid chunk for {self.watchdog.age(now):.2f} s "
-                          f"(watchdog_timeout {self.watchdog.timeout:g} s)")
-            else:
-                reason = f"chunk {self.executor_.current.chunk_id} ran out"
-            if self.params["on_timeout"] == "hold" and self.safety.last is not None:
-                self._set_state(OutputState.HOLDING, reason + ", holding the last command")
-                self._publish_hold(now)
-            else:
-                self._set_state(OutputState.STOPPED, reason + ", stopped publishing")
+            self._no_target(now)
             return
         result = self.safety.filter(target.positions, now, new_chunk=target.switched)
         if result.seam_jump is not None:
@@ -253,6 +242,25 @@ class ControllerNode(LifecycleNode):
                 self._publish_trajectory(now, result.positions)
         else:
             self._publish_positions(now, result.positions)
+
+    def _no_target(self, now: float) -> None:
+        """Nothing is due: keep waiting, or hold / stop after the chunk ran out or the watchdog tripped."""
+        expired = self.watchdog.expired(now)
+        if self.tracker.state == OutputState.WAITING and not expired:
+            return
+        if expired:
+            reason = (f"watchdog: no valid chunk for {self.watchdog.age(now):.2f} s "
+                      f"(watchdog_timeout {self.watchdog.timeout:g} s)")
+        else:
+            current = self.executor_.current
+            reason = f"chunk {current.chunk_id if current else '?'} ran out"
+        if self.tracker.state == OutputState.WAITING:  # never commanded anything: nothing to hold
+            self._set_state(OutputState.STOPPED, reason + " before any command, stopped publishing")
+        elif self.params["on_timeout"] == "hold" and self.safety.last is not None:
+            self._set_state(OutputState.HOLDING, reason + ", holding the last command")
+            self._publish_hold(now)
+        else:
+            self._set_state(OutputState.STOPPED, reason + ", stopped publishing")
 
     # ----------------------------------------------------------------------------- outputs
     def _publish_hold(self, now: float) -> None:
