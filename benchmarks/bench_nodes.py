@@ -131,17 +131,15 @@ def bench_jitter(env, seconds: float, rates=(50.0, 100.0)) -> list[str]:
         latched_qos,
         make_tiny_checkpoint,
         reliable_qos,
-        wait_for,
     )
     from sensor_msgs.msg import Image, JointState
     from std_msgs.msg import String
 
-    from hlrp_ros.chunk_codec import time_to_ns
     from hlrp_ros.graph import NodeProcess
     from hlrp_ros.msg import ActionChunk
 
-    rows = ["| control rate | commands | interval ms (tick stamps) | mean chunk inference ms |",
-            "| --- | --- | --- | --- |"]
+    rows = ["| control rate | load | commands | interval ms (tick stamps) | mean chunk inference ms |",
+            "| --- | --- | --- | --- | --- |"]
     tmp = Path(tempfile.mkdtemp(prefix="hlrp_bench_"))
     ckpt = make_tiny_checkpoint(tmp / "ckpt", chunk_size=50, n_action_steps=50, num_steps=10)
     context = rclpy.context.Context()
@@ -160,32 +158,67 @@ def bench_jitter(env, seconds: float, rates=(50.0, 100.0)) -> list[str]:
 
         node.create_timer(0.033, sensors)
         chunks = spinner.collect(ActionChunk, "/action_chunk", reliable_qos(10))
-        policy = NodeProcess("policy_node", params={"checkpoint": str(ckpt), "inference_period": 0.1,
-                                                    "action_period": 0.02, "torch_threads": 1},
-                             env=env, log_dir=tmp).start()
+        policy = None
         try:
-            for rate in rates:
-                commands = spinner.collect(JointState, f"/bench/command_{int(rate)}")
-                ctl = NodeProcess("controller_node", name=f"controller_{int(rate)}", env=env, log_dir=tmp, params={
-                    "joint_names": ["shoulder", "elbow"], "control_rate": rate,
-                    "output_topic": f"/bench/command_{int(rate)}", "watchdog_timeout": 2.0}).start()
-                try:
-                    if not wait_for(lambda received=commands: len(received) > 10, 120.0):
-                        rows.append(f"| {rate:g} Hz | no commands | - | - |\n{policy.output()[-2000:]}")
-                        continue
-                    start = len(commands)
-                    time.sleep(seconds)
-                    stamps = np.array([time_to_ns(m.header.stamp) for _, m in list(commands)[start:]]) * 1e-9
-                    intervals = np.diff(np.sort(stamps))
-                    recent = [m.inference_latency for _, m in list(chunks)[-20:]]
-                    rows.append(f"| {rate:g} Hz | {len(stamps)} | {percentiles(intervals)} | "
-                                f"{np.mean(recent) * 1e3:.1f} ({len(chunks)} chunks so far) |")
-                finally:
-                    ctl.stop()
+            for with_policy in (False, True):
+                if with_policy:
+                    policy = NodeProcess("policy_node", params={"checkpoint": str(ckpt), "inference_period": 0.1,
+                                                                "action_period": 0.02, "torch_threads": 1},
+                                         env=env, log_dir=tmp).start()
+                for rate in rates:
+                    rows.append(_jitter_row(spinner, env, tmp, rate, seconds, chunks if with_policy else None))
         finally:
-            policy.stop()
+            if policy is not None:
+                policy.stop()
     rclpy.shutdown(context=context)
     return rows
+
+
+def _jitter_row(spinner, env, tmp, rate: float, seconds: float, chunks) -> str:
+    """One controller run at ``rate``; with ``chunks`` (the policy's output) it executes them."""
+    from ros_testing import wait_for
+    from sensor_msgs.msg import JointState
+
+    from hlrp_ros.chunk_codec import time_to_ns
+    from hlrp_ros.graph import NodeProcess
+
+    topic = f"/bench/command_{int(rate)}_{'policy' if chunks is not None else 'idle'}"
+    commands = spinner.collect(JointState, topic)
+    ctl = NodeProcess("controller_node", name=f"controller_{int(rate)}", env=env, log_dir=tmp, params={
+        "joint_names": ["shoulder", "elbow"], "control_rate": rate, "output_topic": topic,
+        "watchdog_timeout": 2.0 if chunks is not None else 600.0, "input_topic": "/action_chunk" if chunks is not None else "/bench/no_chunks"}).start()
+    label = "policy_node inferring" if chunks is not None else "idle (no policy_node)"
+    try:
+        if chunks is None:
+            # Idle: feed one long chunk so that the controller runs without a policy process.
+            _send_long_chunk(spinner, rate)
+        if not wait_for(lambda: len(commands) > 10, 120.0):
+            return f"| {rate:g} Hz | {label} | no commands | - | - |"
+        start = len(commands)
+        time.sleep(seconds)
+        stamps = np.array([time_to_ns(m.header.stamp) for _, m in list(commands)[start:]]) * 1e-9
+        intervals = np.diff(np.sort(stamps))
+        inference = "-"
+        if chunks is not None:
+            recent = [m.inference_latency for _, m in list(chunks)[-20:]]
+            inference = f"{np.mean(recent) * 1e3:.1f}"
+        return f"| {rate:g} Hz | {label} | {len(stamps)} | {percentiles(intervals)} | {inference} |"
+    finally:
+        ctl.stop()
+
+
+def _send_long_chunk(spinner, rate: float) -> None:
+    from ros_testing import reliable_qos, wait_for
+
+    from hlrp_ros.chunk_codec import encode_chunk
+    from hlrp_ros.msg import ActionChunk
+
+    pub = spinner.node.create_publisher(ActionChunk, "/bench/no_chunks", reliable_qos(1))
+    wait_for(lambda: pub.get_subscription_count() > 0, 60.0)
+    time.sleep(1.0)
+    now = spinner.now_ns()
+    pub.publish(encode_chunk(np.zeros((3000, 2), dtype=np.float32), ["shoulder", "elbow"], chunk_id=1, stamp_ns=now,
+                             first_action_ns=now, dt=0.01))
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 
 
 
 class SpinningNode:
-    """A node of the test process, spun by a MultiThreadedExecutor in a background thread.
+    """A node of the test process, spun by a SingleThreadedExecutor in a background thread.
 
     Use as a context manager; ``collect`` subscribes and returns the list messages are appended to
     (each as ``(receive_time_monotonic, msg)``).
@@ -38,10 +38,10 @@ class SpinningNode:
 
     def __init__(self, context, name: str = "hlrp_test_node") -> None:
         import rclpy
-        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.executors import SingleThreadedExecutor
 
         self.node = rclpy.create_node(name, context=context)
-        self.executor = MultiThreadedExecutor(num_threads=2, context=context)
+        self.executor = SingleThreadedExecutor(context=context)
         self.executor.add_node(self.node)
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._running = True
