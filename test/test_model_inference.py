@@ -21,9 +21,10 @@ def policy():
 @pytest.mark.parametrize("num_steps", [1, 3, 10])
 def test_vlm_prefix_layers_run_exactly_once_per_chunk(policy, num_steps):
     wrapper = policy.model.vlm_with_expert
-    vlm_layers = list(wrapper.vlm_layers)
-    watched = [layer.self_attn.k_proj for layer in vlm_layers] + [wrapper.get_vlm_model().vision_model.encoder]
-    expert_mlps = [layer.mlp for layer in wrapper.lm_expert.layers]
+    vision = wrapper.get_vlm_model().vision_model
+    # Norm modules are always called as modules (linears may run through prepacked weights instead).
+    watched = [layer.input_layernorm for layer in wrapper.vlm_layers] + [vision.post_layernorm]
+    expert_mlps = [layer.post_attention_layernorm for layer in wrapper.lm_expert.layers]
     with CallCounter(watched) as prefix_calls, CallCounter(expert_mlps) as expert_calls:
         chunk = policy.predict_action_chunk(make_observation(), num_steps=num_steps, noise=fixed_noise(policy))
     assert prefix_calls.counts == [1] * len(watched)
@@ -202,3 +203,29 @@ def test_vision_position_ids_follow_the_transformers_version_smolvla_was_trained
     # transformers < 5 bucketed i / n * (1 - 1e-6): patches 0 and 1 of an 8-patch axis share bucket 0.
     ids = old.vision_position_ids(8, 8, torch.device("cpu")).view(8, 8)
     assert ids[0].tolist() == [0, 0, 1, 2, 3, 4, 5, 6] and ids[:, 0].tolist() == [0, 0, 8, 16, 24, 32, 40, 48]
+
+
+def test_prepacked_linears_match_the_modules_and_follow_weight_updates():
+    from hlrp_ros.policies.hlrp.smolvlm_with_expert import PackedLinears
+
+    linear = torch.nn.Linear(24, 40)
+    packed = PackedLinears()
+    x = torch.randn(3, 50, 24)
+    with torch.no_grad():
+        assert torch.allclose(packed(linear, x), linear(x), atol=1e-5)
+        linear.weight.mul_(2.0)  # in-place update (as an optimizer step): the packed copy must follow
+        assert torch.allclose(packed(linear, x), linear(x), atol=1e-5)
+    # With autograd the module itself runs, so gradients flow.
+    packed(linear, x).sum().backward()
+    assert linear.weight.grad is not None
+
+
+def test_prepacked_and_plain_linears_give_the_same_chunk(policy):
+    obs = make_observation(seed=6)
+    fast = policy.predict_action_chunk(obs, noise=fixed_noise(policy))
+    policy.model.vlm_with_expert.linear.enabled = False
+    try:
+        plain = policy.predict_action_chunk(obs, noise=fixed_noise(policy))
+    finally:
+        policy.model.vlm_with_expert.linear.enabled = True
+    assert float((fast - plain).abs().max()) <= 1e-5

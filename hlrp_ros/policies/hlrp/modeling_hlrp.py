@@ -522,6 +522,7 @@ class HLRPPolicy(nn.Module, ActionExpert):
         self.to(device=device)
         self.model.to(dtype=torch_dtype)
         self.model.action_out_proj.to(dtype=torch.float32)
+        self.model.vlm_with_expert.linear.clear()
         return self
 
     # --- prefix / sampling --------------------------------------------------------------------------------

@@ -129,6 +129,48 @@ def _heads(x: Tensor, head_dim: int) -> Tensor:
     return x.view(*x.shape[:-1], -1, head_dim)
 
 
+class PackedLinears:
+    """Inference-time cache of oneDNN-prepacked ``nn.Linear`` weights (CPU only).
+
+    A prepacked weight skips the per-call packing that dominates small-batch GEMMs (the expert runs 50
+    action tokens against ~100M weights at every denoising step): about 1.4x faster matmuls in float32
+    and 1.2x in bfloat16 on AVX-512 CPUs, at the cost of a second copy of the packed weights.
+    Entries are keyed by module and stamped with the weight's version counter, storage and dtype, so
+    any in-place update (optimizer step, ``load_state_dict``) or move repacks it. Autograd calls (grad
+    enabled and a tensor requiring grad), non-CPU tensors, or a CPU without oneDNN use the module itself.
+    """
+
+    def __init__(self) -> None:
+        self.enabled = torch.backends.mkldnn.is_available()
+        self._cache: dict[int, tuple[tuple[int, int, torch.dtype], Tensor]] = {}
+
+    def clear(self) -> None:
+        """Drops every packed weight (frees their memory)."""
+        self._cache.clear()
+
+    def __call__(self, module: nn.Linear, x: Tensor) -> Tensor:
+        """``module(x)`` through a prepacked weight when possible."""
+        weight = module.weight
+        if (
+            not self.enabled
+            or x.device.type != "cpu"
+            or (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad))
+            or x.dtype != weight.dtype
+        ):
+            return module(x)
+        stamp = (weight._version, weight.data_ptr(), weight.dtype)
+        entry = self._cache.get(id(module))
+        if entry is None or entry[0] != stamp:
+            try:
+                packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), max(1, x.numel() // x.shape[-1]))
+            except RuntimeError:  # no usable oneDNN kernel for this dtype/CPU: stop trying
+                self.enabled = False
+                return module(x)
+            entry = (stamp, packed)
+            self._cache[id(module)] = entry
+        return torch.ops.mkldnn._linear_pointwise(x, entry[1], module.bias, "none", [], "")
+
+
 @dataclass
 class ExpertKVCache:
     """Everything the expert needs from the prefix, constant within one chunk.
@@ -241,6 +283,8 @@ class SmolVLMWithExpertModel(nn.Module):
         self.num_key_value_heads = text_cfg.num_key_value_heads
         self.rope_max_wavelength = rope_max_wavelength
         self.legacy_vision_position_ids = legacy_vision_position_ids
+        #: Prepacked-weight linears for inference (``self.linear.enabled = False`` turns them off).
+        self.linear = PackedLinears()
         self._vision_pos_cache: dict[tuple[int, int, str], Tensor] = {}
         self.attention_mode = attention_mode
         self.freeze_vision_encoder = freeze_vision_encoder
@@ -337,9 +381,26 @@ class SmolVLMWithExpertModel(nn.Module):
         patches = emb.patch_embedding(pixels)  # (B, hidden, H/ps, W/ps)
         pos_ids = self.vision_position_ids(patches.shape[2], patches.shape[3], patches.device)
         hidden = patches.flatten(2).transpose(1, 2) + emb.position_embedding(pos_ids)[None]
-        hidden = vision.encoder(inputs_embeds=hidden, attention_mask=None).last_hidden_state
+        for layer in vision.encoder.layers:  # SmolVLMEncoderLayer, computed as transformers does
+            hidden = self._vision_layer(layer, hidden)
         hidden = vision.post_layernorm(hidden)
-        return self.get_vlm_model().connector(hidden)
+        connector = self.get_vlm_model().connector
+        shuffled = connector.pixel_shuffle(hidden, connector.scale_factor)
+        return self.linear(connector.modality_projection.proj, shuffled)
+
+    def _vision_layer(self, layer: nn.Module, hidden: Tensor) -> Tensor:
+        """One pre-norm SigLIP encoder layer (bidirectional SDPA attention, GELU MLP)."""
+        attn, lin = layer.self_attn, self.linear
+        normed = layer.layer_norm1(hidden)
+        b, n_tok, _ = normed.shape
+        q, k, v = (
+            lin(proj, normed).view(b, n_tok, attn.num_heads, attn.head_dim).transpose(1, 2)
+            for proj in (attn.q_proj, attn.k_proj, attn.v_proj)
+        )
+        out = F.scaled_dot_product_attention(q, k, v, scale=attn.scale).transpose(1, 2).reshape(b, n_tok, -1)
+        hidden = hidden + lin(attn.out_proj, out)
+        mlp = layer.mlp
+        return hidden + lin(mlp.fc2, mlp.activation_fn(lin(mlp.fc1, layer.layer_norm2(hidden))))
 
     def embed_language_tokens(self, tokens: Tensor) -> Tensor:
         """``(B, L)`` token ids -> ``(B, L, text_hidden)`` (unscaled) embeddings."""
@@ -348,24 +409,26 @@ class SmolVLMWithExpertModel(nn.Module):
     # --- layer pieces ---------------------------------------------------------------------------------
     def _project_qkv(self, layer: nn.Module, hidden: Tensor, need_q: bool = True) -> tuple[Tensor | None, Tensor, Tensor]:
         """input_layernorm + q/k/v projections -> ``(B, L, H, D)`` each (q None when not needed)."""
-        attn = layer.self_attn
+        attn, lin = layer.self_attn, self.linear
         normed = layer.input_layernorm(hidden).to(dtype=attn.q_proj.weight.dtype)
-        q = _heads(attn.q_proj(normed), self.head_dim) if need_q else None
-        return q, _heads(attn.k_proj(normed), self.head_dim), _heads(attn.v_proj(normed), self.head_dim)
+        q = _heads(lin(attn.q_proj, normed), self.head_dim) if need_q else None
+        return q, _heads(lin(attn.k_proj, normed), self.head_dim), _heads(lin(attn.v_proj, normed), self.head_dim)
 
-    @staticmethod
-    def _finish_layer(layer: nn.Module, attn_out: Tensor, residual: Tensor) -> Tensor:
-        """o_proj + residual, then post_attention_layernorm + MLP + residual."""
+    def _finish_layer(self, layer: nn.Module, attn_out: Tensor, residual: Tensor) -> Tensor:
+        """o_proj + residual, then post_attention_layernorm + gated MLP (``down(act(gate) * up)``) + residual."""
+        lin, mlp = self.linear, layer.mlp
         attn_out = attn_out.to(layer.self_attn.o_proj.weight.dtype)
-        hidden = layer.self_attn.o_proj(attn_out) + residual
-        return layer.mlp(layer.post_attention_layernorm(hidden)) + hidden
+        hidden = lin(layer.self_attn.o_proj, attn_out) + residual
+        normed = layer.post_attention_layernorm(hidden)
+        gated = mlp.act_fn(lin(mlp.gate_proj, normed)) * lin(mlp.up_proj, normed)
+        return lin(mlp.down_proj, gated) + hidden
 
     def _cross_kv(self, expert_layer: nn.Module, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Expert re-projection of cached VLM keys/values ``(B, P, Hkv, D)`` -> ``(B, Hkv, P, D)`` each."""
         attn = expert_layer.self_attn
         dtype = attn.k_proj.weight.dtype
-        ek = _heads(attn.k_proj(k.reshape(*k.shape[:2], -1).to(dtype)), self.head_dim)
-        ev = _heads(attn.v_proj(v.reshape(*v.shape[:2], -1).to(dtype)), self.head_dim)
+        ek = _heads(self.linear(attn.k_proj, k.reshape(*k.shape[:2], -1).to(dtype)), self.head_dim)
+        ev = _heads(self.linear(attn.v_proj, v.reshape(*v.shape[:2], -1).to(dtype)), self.head_dim)
         return ek.transpose(1, 2), ev.transpose(1, 2)
 
     # --- prefix pass (once per chunk) -----------------------------------------------------------------
@@ -467,7 +530,7 @@ class SmolVLMWithExpertModel(nn.Module):
                 attn = layer.self_attn
                 normed = layer.input_layernorm(hidden).to(dtype=attn.q_proj.weight.dtype)
                 cos, sin = cache.cross_rope
-                q = apply_rope(_heads(attn.q_proj(normed), self.head_dim), cos, sin)
+                q = apply_rope(_heads(self.linear(attn.q_proj, normed), self.head_dim), cos, sin)
                 out = gqa_attention(q, cache.cross_k[idx], cache.cross_v[idx], cache.cross_mask)
             hidden = self._finish_layer(layer, out, hidden)
         return self.lm_expert.norm(hidden)
@@ -525,7 +588,7 @@ class SmolVLMWithExpertModel(nn.Module):
             if expert_layer is not None:
                 attn = expert_layer.self_attn
                 normed = expert_layer.input_layernorm(suffix).to(dtype=attn.q_proj.weight.dtype)
-                eq = apply_rope(_heads(attn.q_proj(normed), self.head_dim), cos_x, sin_x)
+                eq = apply_rope(_heads(self.linear(attn.q_proj, normed), self.head_dim), cos_x, sin_x)
                 ek, ev = self._cross_kv(expert_layer, k, v)
                 suffix = self._finish_layer(expert_layer, gqa_attention(eq, ek, ev, mask_cross), suffix)
             if last:

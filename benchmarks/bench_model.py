@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""HLRP model latency and arithmetic efficiency (issue 3). Prints figures; never a timed test.
+
+For each preset and dtype it reports, on random weights and one camera at the preset's image size:
+
+* prefix ms      ``encode_prefix`` (vision tower, embeddings, VLM layers once, expert K/V cache)
+* step ms        one denoising step against the cached prefix
+* chunk ms       ``predict_action_chunk`` (prefix + ``num_steps`` steps + un-normalisation)
+* uncached ms    the same chunk recomputing the full prefix+suffix sequence through VLM and expert at
+                 every step (prefix embeddings computed once), i.e. no KV cache
+* GFLOP/chunk    matmul/conv/attention FLOPs of one cached chunk (torch.utils.flop_counter)
+* GFLOP/s        achieved, and as a share of a large fp32 (and bf16) ``torch.matmul`` ceiling measured in
+                 the same run, interleaved with the model timings
+
+Times are medians. Usage (repository root; `make bench` runs the defaults)::
+
+    env/run.sh python benchmarks/bench_model.py [--presets tiny smolvla-base] [--dtypes float32 bfloat16]
+        [--threads 2] [--repeats-tiny 30] [--repeats-base 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from hlrp_ros.policies.base import Observation
+from hlrp_ros.policies.hlrp.modeling_hlrp import HLRPPolicy
+from hlrp_ros.policies.hlrp.presets import make_config
+
+CEILING_N = 2048
+
+
+def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
+    """Wall-clock seconds of ``repeats`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def matmul_ceiling(dtype: torch.dtype, repeats: int = 5) -> float:
+    """Best-of GFLOP/s of a ``CEILING_N``-cubed ``torch.matmul``."""
+    a = torch.randn(CEILING_N, CEILING_N, dtype=dtype)
+    b = torch.randn(CEILING_N, CEILING_N, dtype=dtype)
+    best = min(timed(lambda: torch.matmul(a, b), repeats))
+    return 2 * CEILING_N**3 / best / 1e9
+
+
+def chunk_flops(policy: HLRPPolicy, obs: Observation) -> int:
+    """FLOPs of one cached chunk (matmuls, convolutions, attention)."""
+    with FlopCounterMode(display=False) as counter:
+        policy.predict_action_chunk(obs, generator=torch.Generator().manual_seed(0))
+    return counter.get_total_flops()
+
+
+def observation(policy: HLRPPolicy) -> Observation:
+    """One camera at the model's image size, random pixels and state."""
+    cfg = policy.config
+    rng = np.random.default_rng(0)
+    images = {name: rng.integers(0, 256, size=(*cfg.image_size, 3), dtype=np.uint8) for name in cfg.camera_names}
+    return Observation(images=images, state=rng.normal(size=cfg.state_dim).astype(np.float32),
+                       instruction="pick up the red cube and put it in the box")
+
+
+def bench(preset: str, dtype: str, repeats: int) -> dict[str, float]:
+    """All figures for one preset and dtype."""
+    torch.manual_seed(0)
+    policy = HLRPPolicy(make_config(preset)).eval().to_device_dtype("cpu", dtype)
+    obs = observation(policy)
+    model = policy.model
+    prefix = policy.encode_prefix(obs)
+    x = torch.randn(1, policy.config.chunk_size, policy.config.max_action_dim)
+    t = torch.full((1,), 0.5)
+    inputs, _ = policy._prefix_inputs([obs])
+
+    def step() -> None:
+        with torch.no_grad():
+            model.denoise_step(prefix, x, t)
+
+    def uncached() -> None:
+        with torch.no_grad():
+            model.sample_actions_uncached(*inputs[:5], noise=x)
+
+    def chunk() -> None:
+        policy.predict_action_chunk(obs, noise=x[0])
+
+    flops = chunk_flops(policy, obs)
+    ceilings32, ceilings16, chunks, prefixes, steps, uncached_t = [], [], [], [], [], []
+    # Interleave the ceiling with the model so that load from other processes hits both alike.
+    rounds = max(1, repeats // 5)
+    per_round = max(1, repeats // rounds)
+    for _ in range(rounds):
+        ceilings32.append(matmul_ceiling(torch.float32))
+        ceilings16.append(matmul_ceiling(torch.bfloat16))
+        prefixes += timed(lambda: policy.encode_prefix(obs), per_round)
+        steps += timed(step, per_round * 2)
+        chunks += timed(chunk, per_round)
+        uncached_t += timed(uncached, max(1, per_round // 2))
+    med = statistics.median
+    chunk_s = med(chunks)
+    achieved = flops / chunk_s / 1e9
+    return {
+        "params_M": sum(p.numel() for p in policy.parameters()) / 1e6,
+        "prefix_ms": med(prefixes) * 1e3,
+        "step_ms": med(steps) * 1e3,
+        "chunk_ms": chunk_s * 1e3,
+        "uncached_ms": med(uncached_t) * 1e3,
+        "gflop": flops / 1e9,
+        "gflops": achieved,
+        "ceil32": max(ceilings32),
+        "ceil16": max(ceilings16),
+        "eff32": achieved / max(ceilings32),
+        "eff16": achieved / max(ceilings16),
+        "n_chunks": len(chunks),
+        "num_steps": policy.config.num_steps,
+        "chunk_size": policy.config.chunk_size,
+    }
+
+
+def main() -> None:
+    """Parses arguments, runs the benchmarks, prints one line per preset and dtype."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--presets", nargs="+", default=["tiny", "smolvla-base"])
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats-tiny", type=int, default=30)
+    parser.add_argument("--repeats-base", type=int, default=5)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} threads, ceiling: {CEILING_N}^3 matmul (best of 5)")
+    header = (f"{'preset':13} {'dtype':8} {'params':>7} {'prefix':>9} {'step':>8} {'chunk':>9} {'uncached':>9} "
+              f"{'GFLOP':>7} {'GFLOP/s':>8} {'ceil32':>7} {'%ceil32':>7} {'ceil16':>7} {'%ceil16':>7} {'n':>3}")
+    print(header)
+    for preset in args.presets:
+        for dtype in args.dtypes:
+            repeats = args.repeats_tiny if preset == "tiny" else args.repeats_base
+            r = bench(preset, dtype, repeats)
+            print(f"{preset:13} {dtype:8} {r['params_M']:6.1f}M {r['prefix_ms']:7.1f}ms {r['step_ms']:6.1f}ms "
+                  f"{r['chunk_ms']:7.1f}ms {r['uncached_ms']:7.1f}ms {r['gflop']:7.2f} {r['gflops']:8.1f} "
+                  f"{r['ceil32']:7.1f} {100 * r['eff32']:6.1f}% {r['ceil16']:7.1f} {100 * r['eff16']:6.1f}% "
+                  f"{r['n_chunks']:3d}", flush=True)
+    print("times are medians; n = timed chunks; chunk = 1 camera, num_steps/chunk_size of the preset "
+          "(tiny 10/10, smolvla-base 10/50); uncached = full prefix+suffix recomputed every step")
+
+
+if __name__ == "__main__":
+    main()
