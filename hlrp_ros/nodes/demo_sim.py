@@ -71,7 +71,7 @@ class DemoSim(Node):
         p("seed", 0, _int("Seed of the first episode (later resets without a seed continue the stream)",
                           0, 2**31 - 1))
         p("num_targets", 4, _int("Coloured targets on the table", 1, len(COLOURS)))
-        p("success_radius", 0.08, _float("Success: end effector within this distance of the goal (m)", 0.01, 1.0))
+        p("success_radius", 0.1, _float("Success: end effector within this distance of the goal (m)", 0.01, 1.0))
         p("success_dwell", 0.5, _float("Success: time the end effector must stay on the goal (s)", 0.0, 10.0))
         p("command_type", "joint_state", ParameterDescriptor(
             description=f"Message type of joint_command: one of {COMMAND_TYPES}", read_only=True))

@@ -1,8 +1,8 @@
 """Scripted expert for the planar-arm world: inverse kinematics + a joint-space move.
 
 The expert picks one joint configuration per target (the end effector approaches the
-target along the ray from the base, elbow chosen from the target's bearing only, so the
-goal is a function of the target and never of the current state) and moves every joint
+target along the ray from the base, always with the same elbow, so the goal is a smooth
+function of the target and never of the current state) and moves every joint
 along a straight line in joint space at a fixed speed, all joints arriving together.
 """
 
@@ -33,8 +33,8 @@ def _wrap_into(angle: float, lower: float, upper: float) -> float:
 def inverse_kinematics(spec: ArmSpec, target: np.ndarray) -> np.ndarray:
     """Joint positions putting the end effector on ``target`` (2,), approaching from the base.
 
-    The last link points along the bearing of the target; the elbow bends toward the
-    middle of the workspace (sign from the bearing only). Raises ``ValueError`` if unreachable.
+    The last link points along the bearing of the target and the elbow always bends the same
+    way, so the goal pose varies smoothly with the target. Raises ``ValueError`` if unreachable.
     """
     if spec.dof != 3:
         raise ValueError("the scripted expert handles 3-joint arms")
@@ -47,7 +47,7 @@ def inverse_kinematics(spec: ArmSpec, target: np.ndarray) -> np.ndarray:
     c2 = (r2 - l1 * l1 - l2 * l2) / (2 * l1 * l2)
     if not -1.0 <= c2 <= 1.0:
         raise ValueError(f"target {target} out of reach")
-    elbow = -1.0 if phi < math.pi / 2 else 1.0
+    elbow = 1.0  # one elbow for every target: the goal pose is a smooth function of the target
     q2 = elbow * math.acos(c2)
     q1 = math.atan2(wrist[1], wrist[0]) - math.atan2(l2 * math.sin(q2), l1 + l2 * math.cos(q2))
     q1 = _wrap_into(q1, spec.lower[0], spec.upper[0])

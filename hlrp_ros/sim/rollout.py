@@ -38,20 +38,22 @@ def collect_episode(world: World, camera: Camera, rng: np.random.Generator, *, s
     """One perturbed-expert episode in a freshly reset ``world`` (see the module docstring)."""
     arm = world.spec.arm
     world.reset(seed=int(rng.integers(2**31)))
+    if rng.random() < 0.5:  # start anywhere: the state alone must not give the goal away
+        world.q = arm.clip(rng.uniform(arm.lower, arm.upper))
     colour = world.targets[int(rng.integers(len(world.targets)))].colour
     goal = inverse_kinematics(arm, world.target(colour).position)
     others = [t for t in world.targets if t.colour != colour]
     detour_steps = 0
     detour_goal = goal
     mode = rng.random()
-    if mode < 0.35:  # head for another target (or a random pose) first
+    if mode < 0.5:  # head for another target (or a random pose) first
         detour_steps = int(rng.integers(2, 22))
         if rng.random() < 0.8:
             detour_goal = inverse_kinematics(arm, others[int(rng.integers(len(others)))].position)
         else:
             detour_goal = arm.clip(rng.uniform(arm.lower, arm.upper))
     noise = float(rng.choice([0.0, 0.02, 0.05, 0.1]))
-    kick_prob = 0.08 if mode > 0.8 else 0.0
+    kick_prob = 0.08 if mode > 0.85 else 0.0
     speed_scale = float(rng.uniform(0.6, 1.0))
     images, states, actions = [], [], []
     for k in range(steps):

@@ -34,7 +34,7 @@ class ArmSpec:
     # Link lengths in metres, base to tip.
     link_lengths: tuple[float, ...] = (0.45, 0.35, 0.25)
     # Joint position limits (rad): lower and upper per joint.
-    lower: tuple[float, ...] = (-0.8, -2.7, -2.7)
+    lower: tuple[float, ...] = (-1.8, -2.7, -2.7)
     upper: tuple[float, ...] = (math.pi + 0.8, 2.7, 2.7)
     # Joint velocity limits (rad/s) applied when following position commands.
     velocity_limits: tuple[float, ...] = (2.5, 2.5, 2.5)
@@ -84,7 +84,7 @@ class WorldSpec:
     # Radius of a drawn target disc (m).
     target_size: float = 0.09
     # Success: end effector within this distance (m) of the instructed target's centre.
-    success_radius: float = 0.08
+    success_radius: float = 0.1
     # Camera window: centre (m) and half width (m) of the square the top-down camera sees.
     view_center: tuple[float, float] = (0.0, 0.3)
     view_half_size: float = 1.15

@@ -64,7 +64,7 @@ def summarise(condition: str, outcomes: list[dict]) -> dict:
     out["median_success_time_s"] = float(np.median(times)) if times else None
     if condition == "wrong":
         out["ends_on_task_target"] = sum(o["final_nearest"] == o["task"] and o["task_distance"] is not None
-                                         and o["task_distance"] <= 0.08 for o in outcomes) / max(n, 1)
+                                         and o["task_distance"] <= 0.1 for o in outcomes) / max(n, 1)
     return out
 
 

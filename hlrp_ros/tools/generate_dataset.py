@@ -52,7 +52,7 @@ def generate(episodes: int, steps: int, horizon: int, seed: int, image_size: int
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--episodes", type=int, default=600)
-    parser.add_argument("--steps", type=int, default=40, help=f"steps per episode (action dt {ACTION_DT} s)")
+    parser.add_argument("--steps", type=int, default=32, help=f"steps per episode (action dt {ACTION_DT} s)")
     parser.add_argument("--horizon", type=int, default=16, help="expert chunk length (the model's chunk_size)")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)

@@ -133,7 +133,13 @@ def train(args: argparse.Namespace) -> Path:
     n_params = sum(p.numel() for p in policy.parameters())
     logger.info("%d samples, %d parameters, blind=%s", len(data["states"]), n_params, args.blind)
     batcher = Batcher(data, policy, args.blind)
-    info = {"command": "python -m hlrp_ros.tools.train " + " ".join(shlex.quote(a) for a in args.argv),
+    command = "python -m hlrp_ros.tools.train " + " ".join(shlex.quote(a) for a in args.argv)
+    history = []  # every command that contributed to this run (a resume may change --steps)
+    if start and (last / "training.json").is_file():
+        previous = json.loads((last / "training.json").read_text())
+        history = previous.get("history", [previous["command"]]) + []
+        history[-1] = f"{history[-1]}  # until step {start}"
+    info = {"command": command, "history": [*history, command],
             "seed": args.seed, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
             "blind": args.blind, "dataset": str(args.data), "dataset_meta": str(data.get("meta", [""])[0]),
             "parameters": n_params}

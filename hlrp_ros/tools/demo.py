@@ -1,0 +1,158 @@
+"""`make demo`: the demo world, the policy and the controller over ROS 2, with a live status line.
+
+    python -m hlrp_ros.tools.demo                     # ~60 s, then a summary and a PNG strip
+    python -m hlrp_ros.tools.demo --keep-running      # until Ctrl-C
+    python -m hlrp_ros.tools.demo --checkpoint DIR --duration 120 --out artifacts/demo
+
+Brings up demo_sim, policy_node and controller_node as processes with the launch file's
+executables and parameter files (config/hlrp.yaml, then config/demo.yaml) on a private DDS
+domain, then cycles through instructions (training phrasings, held-out paraphrases, and one
+instruction switched mid-episode). The status line shows chunks/s, inference time, the
+instruction, the distance to the goal and the successes so far.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from hlrp_ros.sim.world import COLOURS
+
+#: (instruction, colour, optional (switch time s, new instruction, new colour)) cycled by the demo.
+SCRIPT: tuple[tuple[str, str, tuple[float, str, str] | None], ...] = (
+    ("reach the red target", "red", None),
+    ("go to the blue disc", "blue", (1.0, "touch the green circle", "green")),
+    ("please reach for the yellow spot", "yellow", None),
+    ("move the arm to the green one", "green", None),
+    ("head to the red goal", "red", (1.2, "point at the yellow target", "yellow")),
+    ("blue", "blue", None),
+)
+
+
+class FrameRecorder:
+    """Keeps camera frames (every ``period`` s) with a caption, for the PNG strip."""
+
+    def __init__(self, period: float = 0.6, max_frames: int = 24) -> None:
+        self.period, self.max_frames = period, max_frames
+        self.frames: list[tuple[np.ndarray, str]] = []
+        self._last = 0.0
+        self.caption = ""
+
+    def on_image(self, msg) -> None:
+        now = time.monotonic()
+        if len(self.frames) >= self.max_frames or now - self._last < self.period:
+            return
+        self._last = now
+        rgb = np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.width, 3)
+        self.frames.append((rgb.copy(), self.caption))
+
+    def save_strip(self, path: Path, per_row: int = 6, scale: int = 4) -> Path | None:
+        if not self.frames:
+            return None
+        tiles = []
+        for rgb, caption in self.frames:
+            big = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+            tile = np.full((big.shape[0] + 22, big.shape[1], 3), 255, np.uint8)
+            tile[22:] = big
+            cv2.putText(tile, caption[:40], (3, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.36, (0, 0, 0), 1, cv2.LINE_AA)
+            tiles.append(cv2.copyMakeBorder(tile, 2, 2, 2, 2, cv2.BORDER_CONSTANT, value=(90, 90, 90)))
+        while len(tiles) % per_row:
+            tiles.append(np.full_like(tiles[0], 255))
+        rows = [np.hstack(tiles[i:i + per_row]) for i in range(0, len(tiles), per_row)]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), cv2.cvtColor(np.vstack(rows), cv2.COLOR_RGB2BGR))
+        return path
+
+
+def status_line(driver, episode: int, successes: int, done: int, st: dict, goal_text: str) -> str:
+    dist = st.get("distance")
+    return (f"ep {episode:3d} | chunks/s {driver.chunk_rate():4.1f} | inference {driver.mean_latency_ms():5.1f} ms"
+            f" | {goal_text[:38]!r:40s} | goal {st.get('goal') or '-':6s} dist "
+            f"{'  -  ' if dist is None else f'{dist:5.3f}'} m | successes {successes}/{done}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from sensor_msgs.msg import Image
+
+    from hlrp_ros.graph import isolated_ros_env
+    from hlrp_ros.tools.closed_loop import EpisodeDriver, bring_up, default_checkpoint, shut_down
+
+    checkpoint = args.checkpoint or default_checkpoint()
+    env = isolated_ros_env()
+    os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
+    log_dir = Path(tempfile.mkdtemp(prefix="hlrp_demo_"))
+    print(f"checkpoint {checkpoint}\nnode logs in {log_dir} (ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']})", flush=True)
+    procs = bring_up(checkpoint, env, log_dir)
+    driver = EpisodeDriver("hlrp_demo")
+    recorder = FrameRecorder()
+    driver.node.create_subscription(Image, "/camera/image_raw", recorder.on_image, 5)
+    results: list[tuple[str, bool, float | None]] = []
+    start = time.monotonic()
+    code = 0
+    try:
+        if not driver.wait_ready(SCRIPT[0][0], args.ready_timeout):
+            print("nodes did not come up; last output:", file=sys.stderr)
+            for p in procs:
+                print(f"--- {p.node_name}\n{p.output()[-1500:]}", file=sys.stderr)
+            return 1
+        episode = 0
+        while args.keep_running or time.monotonic() - start < args.duration:
+            instruction, colour, switch = SCRIPT[episode % len(SCRIPT)]
+            episode += 1
+            text = {"now": instruction}
+
+            def tick(st: dict, ep=episode, text=text) -> None:
+                text["now"] = driver.instruction
+                recorder.caption = f"{ep}: {driver.instruction}"
+                done = len(results)
+                print("\r" + status_line(driver, ep, sum(r[1] for r in results), done, st, text["now"]),
+                      end="", flush=True)
+
+            out = driver.run_episode(args.seed + episode, colour, instruction, args.episode_timeout + (
+                switch[0] if switch else 0.0), switch=switch, on_tick=tick)
+            results.append((out.instruction if switch is None else f"{instruction} -> {out.instruction}",
+                            out.success, out.success_time))
+            print("\r" + status_line(driver, episode, sum(r[1] for r in results), len(results), driver.status,
+                                     out.instruction) + ("  SUCCESS" if out.success else "  timeout"), flush=True)
+    except KeyboardInterrupt:
+        print("\ninterrupted", flush=True)
+    finally:
+        driver.close()
+        codes = shut_down(procs)
+    n_ok = sum(r[1] for r in results)
+    print(f"\nsummary: {n_ok}/{len(results)} episodes succeeded in {time.monotonic() - start:.0f} s "
+          f"(node exit codes {codes})")
+    for text, ok, t in results:
+        print(f"  {'ok  ' if ok else 'FAIL'} {text}" + (f"  ({t:.1f} s)" if t is not None else ""))
+    strip = recorder.save_strip(args.out / "demo_strip.png")
+    if strip:
+        print(f"camera frames: {strip}")
+    if not results or (args.strict and n_ok < len(results)):
+        code = 1
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, default=None, help="default: the shipped demo checkpoint")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds before stopping (bounded run)")
+    parser.add_argument("--keep-running", action="store_true", help="run until Ctrl-C")
+    parser.add_argument("--episode-timeout", type=float, default=8.0, help="episode length limit (sim s)")
+    parser.add_argument("--ready-timeout", type=float, default=120.0)
+    parser.add_argument("--seed", type=int, default=500)
+    parser.add_argument("--out", type=Path, default=Path("artifacts/demo"), help="where the PNG strip goes")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when an episode failed")
+    args = parser.parse_args(argv)
+    assert all(c in COLOURS for _, c, _ in SCRIPT)
+    return run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
