@@ -208,9 +208,9 @@ def test_vision_position_ids_follow_the_transformers_version_smolvla_was_trained
 def test_prepacked_linears_match_the_modules_and_follow_weight_updates():
     from hlrp_ros.policies.hlrp.smolvlm_with_expert import PackedLinears
 
-    linear = torch.nn.Linear(24, 40)
+    linear = torch.nn.Linear(240, 400)
     packed = PackedLinears()
-    x = torch.randn(3, 50, 24)
+    x = torch.randn(3, 50, 240)
     with torch.no_grad():
         assert torch.allclose(packed(linear, x), linear(x), atol=1e-5)
         linear.weight.mul_(2.0)  # in-place update (as an optimizer step): the packed copy must follow

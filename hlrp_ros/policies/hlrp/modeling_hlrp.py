@@ -538,8 +538,7 @@ class HLRPPolicy(nn.Module, ActionExpert):
             None if abstract is None else abstract.to(device),
             None if abstract is None else batch["abstract_masks"].to(device),
         ]
-        truncated = any(self.processor.tokenize(o.instruction).truncated for o in observations)
-        return inputs, truncated
+        return inputs, bool(batch["lang_truncated"].any())
 
     @torch.no_grad()
     def encode_prefix(self, observation: Observation | list[Observation]) -> PrefixCache:

@@ -191,11 +191,11 @@ class HLRPProcessor:
         )
         return self._last
 
-    def tokenize_batch(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
+    def tokenize_batch(self, texts: Sequence[str]) -> tuple[Tensor, Tensor, Tensor]:
         """Tokenises several instructions, right-padded (to the longest or to ``tokenizer_max_length``).
 
         Returns:
-            ``(ids, mask)``: ``(B, L)`` int64 and ``(B, L)`` bool.
+            ``(ids, mask, truncated)``: ``(B, L)`` int64, ``(B, L)`` bool and ``(B,)`` bool.
         """
         rows = [self.tokenize(t) for t in texts]
         max_len = max(r.ids.shape[1] for r in rows)
@@ -205,7 +205,7 @@ class HLRPProcessor:
         for i, r in enumerate(rows):
             ids[i, : r.ids.shape[1]] = r.ids[0]
             mask[i, : r.mask.shape[1]] = r.mask[0]
-        return ids, mask
+        return ids, mask, torch.tensor([r.truncated for r in rows], dtype=torch.bool)
 
     # --- images -----------------------------------------------------------------------------------------
     def prepare_image(self, image: np.ndarray | Tensor) -> Tensor:
@@ -255,7 +255,7 @@ class HLRPProcessor:
 
         Returns:
             Dict with ``images`` ``(B, n_cams, 3, h, w)``, ``image_masks`` ``(B, n_cams)``, ``lang_tokens`` and
-            ``lang_masks`` ``(B, L)``, ``state`` ``(B, state_dim)`` (raw units), optionally ``abstract_tokens`` /
+            ``lang_masks`` ``(B, L)``, ``lang_truncated`` ``(B,)``, ``state`` ``(B, state_dim)`` (raw units), optionally ``abstract_tokens`` /
             ``abstract_masks`` ``(B, La)`` and ``actions`` ``(B, chunk_size, action_dim)`` (raw units).
         """
         if not observations:
@@ -263,7 +263,7 @@ class HLRPProcessor:
         images = torch.stack(
             [torch.cat(self.prepare_images(o.images), dim=0) for o in observations], dim=0
         )
-        lang_tokens, lang_masks = self.tokenize_batch([o.instruction for o in observations])
+        lang_tokens, lang_masks, truncated = self.tokenize_batch([o.instruction for o in observations])
         states = np.stack([np.asarray(o.state, dtype=np.float32).reshape(-1) for o in observations])
         if states.shape[1] != self.config.state_dim:
             raise ValueError(f"state has {states.shape[1]} values, config.state_dim is {self.config.state_dim}")
@@ -272,6 +272,7 @@ class HLRPProcessor:
             "image_masks": torch.ones(images.shape[:2], dtype=torch.bool),
             "lang_tokens": lang_tokens,
             "lang_masks": lang_masks,
+            "lang_truncated": truncated,
             "state": torch.from_numpy(states),
         }
         abstract = self.prepare_abstract_tokens([o.abstract_tokens for o in observations])

@@ -140,6 +140,9 @@ class PackedLinears:
     enabled and a tensor requiring grad), non-CPU tensors, or a CPU without oneDNN use the module itself.
     """
 
+    #: Weights smaller than this many elements run through the module (packing does not pay off there).
+    MIN_WEIGHT_NUMEL = 1 << 15
+
     def __init__(self) -> None:
         self.enabled = torch.backends.mkldnn.is_available()
         self._cache: dict[int, tuple[tuple[int, int, torch.dtype], Tensor]] = {}
@@ -156,6 +159,7 @@ class PackedLinears:
             or x.device.type != "cpu"
             or (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad))
             or x.dtype != weight.dtype
+            or weight.numel() < self.MIN_WEIGHT_NUMEL
         ):
             return module(x)
         stamp = (weight._version, weight.data_ptr(), weight.dtype)
