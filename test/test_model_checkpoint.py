@@ -132,3 +132,18 @@ def test_factory_rejects_unknown_or_missing_configs(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"type": "act"}))
     with pytest.raises(ValueError, match="unsupported checkpoint type 'act'"):
         load_policy(tmp_path)
+
+
+def test_tiny_tokenizers_build_offline_and_round_trip(tmp_path):
+    from hlrp_ros.policies.hlrp.processor_hlrp import build_tiny_tokenizer, load_tokenizer
+
+    words = build_tiny_tokenizer()
+    ids = words("Push the RED cube left\n")["input_ids"]
+    assert words.convert_ids_to_tokens(ids) == ["push", "the", "red", "cube", "left", "\n"]
+    assert words.convert_tokens_to_ids(["<pad>", "<fake_token_around_image>", "<global-img>"]) == [0, 2, 3]
+    bpe = build_tiny_tokenizer(kind="bpe", corpus=["push the red cube left", "pull the blue ball"], vocab_size=300)
+    assert bpe.unk_token_id not in bpe("a never seen sentence")["input_ids"]
+    for tok, name in [(words, "words"), (bpe, "bpe")]:
+        tok.save_pretrained(str(tmp_path / name))
+        again = load_tokenizer(tmp_path / name)
+        assert again("move up\n")["input_ids"] == tok("move up\n")["input_ids"]

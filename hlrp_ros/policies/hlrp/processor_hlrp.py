@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 from torch import Tensor
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
@@ -74,7 +74,8 @@ def build_tiny_tokenizer(
         tok.normalizer = normalizers.Lowercase()
         # Split on spaces and punctuation; "\n" (SmolVLA appends one) is its own token.
         tok.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.Split("\n", behavior="isolated"), pre_tokenizers.WhitespaceSplit(),
+            [pre_tokenizers.Split("\n", behavior="isolated"),
+             pre_tokenizers.Split(Regex(r"[ \t\r]+"), behavior="removed"),
              pre_tokenizers.Punctuation()]
         )
     elif kind == "bpe":
