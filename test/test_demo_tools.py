@@ -56,7 +56,7 @@ def test_evaluation_plans_are_deterministic_and_conditions_differ():
 
 def test_generate_train_resume(tmp_path):
     data = tmp_path / "ds.npz"
-    assert generate_dataset.main(["--episodes", "3", "--steps", "6", "--out", str(data), "--seed", "1"]) == 0
+    assert generate_dataset.main(["--episodes", "3", "--steps", "6", "--keep", "0", "--out", str(data), "--seed", "1"]) == 0
     arrays = np.load(data)
     assert arrays["images"].shape == (18, 64, 64, 3) and arrays["actions"].shape == (18, 16, 3)
     out = tmp_path / "run"
@@ -72,3 +72,9 @@ def test_generate_train_resume(tmp_path):
 
     policy = load_policy(out / "final")
     assert policy.config.joint_names == ["joint_1", "joint_2", "joint_3"] and policy.config.chunk_size == 16
+
+
+def test_keep_records_a_random_subset_of_steps():
+    world = World(seed=0)
+    ep = collect_episode(world, Camera(world.spec), np.random.default_rng(1), steps=20, horizon=16, keep=4)
+    assert ep.images.shape[0] == ep.states.shape[0] == ep.actions.shape[0] == 4

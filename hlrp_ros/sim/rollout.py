@@ -34,10 +34,17 @@ class Episode:
 
 
 def collect_episode(world: World, camera: Camera, rng: np.random.Generator, *, steps: int, horizon: int,
-                    dt: float = ACTION_DT, split: str = "train") -> Episode:
-    """One perturbed-expert episode in a freshly reset ``world`` (see the module docstring)."""
+                    dt: float = ACTION_DT, split: str = "train", keep: int | None = None,
+                    few_targets: bool = False) -> Episode:
+    """One perturbed-expert episode in a freshly reset ``world`` (see the module docstring).
+
+    ``keep``: record only this many random steps of the episode (many short records from many
+    layouts generalise better than long records from few: the model must not memorise layouts).
+    """
     arm = world.spec.arm
-    world.reset(seed=int(rng.integers(2**31)))
+    # Some episodes with fewer targets: finding "the" target is learnt before telling colours apart.
+    n_targets = int(rng.choice([1, 2, world.spec.num_targets], p=[0.2, 0.2, 0.6])) if few_targets else None
+    world.reset(seed=int(rng.integers(2**31)), num_targets=n_targets)
     if rng.random() < 0.5:  # start anywhere: the state alone must not give the goal away
         world.q = arm.clip(rng.uniform(arm.lower, arm.upper))
     colour = world.targets[int(rng.integers(len(world.targets)))].colour
@@ -48,7 +55,7 @@ def collect_episode(world: World, camera: Camera, rng: np.random.Generator, *, s
     mode = rng.random()
     if mode < 0.5:  # head for another target (or a random pose) first
         detour_steps = int(rng.integers(2, 22))
-        if rng.random() < 0.8:
+        if others and rng.random() < 0.8:
             detour_goal = inverse_kinematics(arm, others[int(rng.integers(len(others)))].position)
         else:
             detour_goal = arm.clip(rng.uniform(arm.lower, arm.upper))
@@ -56,10 +63,12 @@ def collect_episode(world: World, camera: Camera, rng: np.random.Generator, *, s
     kick_prob = 0.08 if mode > 0.85 else 0.0
     speed_scale = float(rng.uniform(0.6, 1.0))
     images, states, actions = [], [], []
+    recorded = set(range(steps)) if keep is None else set(rng.choice(steps, size=min(keep, steps), replace=False))
     for k in range(steps):
-        images.append(camera.render(world))
-        states.append(world.q.copy())
-        actions.append(expert_chunk(world.q, goal, horizon, dt))
+        if k in recorded:
+            images.append(camera.render(world))
+            states.append(world.q.copy())
+            actions.append(expert_chunk(world.q, goal, horizon, dt))
         target = detour_goal if k < detour_steps else goal
         cmd = expert_step(world.q, target, dt, speed=1.8 * speed_scale)
         cmd = cmd + rng.normal(0.0, noise, arm.dof)

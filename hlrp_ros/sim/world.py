@@ -113,27 +113,31 @@ class World:
         self.reset()
 
     # --- episodes ---------------------------------------------------------------------------------
-    def reset(self, seed: int | None = None, q0: np.ndarray | None = None) -> None:
-        """New episode: targets at random positions, the arm in a random tucked pose."""
+    def reset(self, seed: int | None = None, q0: np.ndarray | None = None, num_targets: int | None = None) -> None:
+        """New episode: targets at random positions, the arm in a random tucked pose.
+
+        ``num_targets`` overrides the spec's number of targets for this episode (data collection).
+        """
         if seed is not None:
             self.rng = np.random.default_rng(seed)
-        self.targets = self.sample_targets(self.rng)
+        self.targets = self.sample_targets(self.rng, num_targets)
         self.q = self.spec.arm.clip(np.asarray(q0, float)) if q0 is not None else self.sample_start(self.rng)
         self.command = None
         self.time = 0.0
 
-    def sample_targets(self, rng: np.random.Generator) -> list[Target]:
+    def sample_targets(self, rng: np.random.Generator, num_targets: int | None = None) -> list[Target]:
         """Distinct colours at random reachable positions, at least ``min_target_separation`` apart."""
         s = self.spec
-        colours = list(rng.permutation(COLOURS)[: s.num_targets])
+        n = s.num_targets if num_targets is None else num_targets
+        colours = list(rng.permutation(COLOURS)[:n])
         positions: list[np.ndarray] = []
-        while len(positions) < s.num_targets:
+        while len(positions) < n:
             r = rng.uniform(*s.target_radius_range)
             b = rng.uniform(*s.target_bearing_range)
             p = np.array([r * math.cos(b), r * math.sin(b)])
             if all(np.linalg.norm(p - o) >= s.min_target_separation for o in positions):
                 positions.append(p)
-        return [Target(str(c), p) for c, p in zip(colours, positions)]
+        return [Target(str(c), p) for c, p in zip(colours, positions, strict=True)]
 
     def sample_start(self, rng: np.random.Generator) -> np.ndarray:
         """A random start pose around the tucked home pose (arm folded near the base)."""

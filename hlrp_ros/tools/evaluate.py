@@ -147,7 +147,8 @@ def run_inprocess(args: argparse.Namespace, checkpoint: Path, conditions: list[s
                                    n_action_steps=policy.config.n_action_steps, switch=plan["switch"])
             results[condition].append({"success": r.success, "reached": r.reached, "final_on_target": r.final_on_target,
                                        "final_nearest": r.final_nearest, "success_time": None, "task": plan["task"],
-                                       "task_distance": world.distance_to(plan["task"])})
+                                       "task_distance": world.distance_to(plan["task"]), "final_distance": r.final_distance,
+                                       "goal": plan["colour"]})
     return results
 
 
