@@ -79,3 +79,11 @@ def test_cmake_installs_every_executable_the_graph_knows():
     for name, module in EXECUTABLES.items():
         script = (ROOT / "scripts" / name).read_text()
         assert f"from {module} import main" in script
+
+
+def test_cmake_installs_launch_config_and_the_shipped_checkpoint_to_share():
+    cmake = (ROOT / "CMakeLists.txt").read_text()
+    share = re.search(r"install\(\s*DIRECTORY ([^\n]*)\n\s*DESTINATION share/\$\{PROJECT_NAME\}", cmake)
+    assert share, "CMakeLists.txt installs nothing to share/hlrp_ros"
+    assert set(share.group(1).split()) >= {"launch", "config", "models"}
+    assert (ROOT / "models" / "demo_arm" / "model.safetensors").is_file()
