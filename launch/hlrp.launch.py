@@ -13,12 +13,11 @@ The remapping arguments rename the nodes' topics /camera/image_raw, /joint_state
 import os
 
 from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, GroupAction
 from launch.conditions import IfCondition, UnlessCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node, PushRosNamespace
-
-from launch import LaunchDescription
 
 PACKAGE = "hlrp_ros"
 #: Executables started by this file (the same ones `make demo` and the evaluation start).

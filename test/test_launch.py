@@ -110,9 +110,8 @@ def test_demo_controller_limits_match_the_world():
 @pytest.mark.skipif(importlib.util.find_spec("launch_ros") is None,
                     reason="launch_ros is not installed here (pip wheels); checked statically above")
 def test_launch_description_builds():  # pragma: no cover - runs on a ROS distro
-    from launch.actions import DeclareLaunchArgument
-
     from launch import LaunchDescription
+    from launch.actions import DeclareLaunchArgument
 
     spec = importlib.util.spec_from_file_location("hlrp_launch", LAUNCH)
     module = importlib.util.module_from_spec(spec)
