@@ -13,7 +13,7 @@ from hlrp_ros.graph import python_process, stop_process_group
 from hlrp_ros.tools.closed_loop import default_checkpoint
 
 MAX_CHECKPOINT_BYTES = 20 * 1024 * 1024
-# The shipped model succeeds in ~75-80% of ROS episodes (docs/demo.md); 5 of 10 keeps this
+# The shipped model succeeds in ~80-90% of ROS episodes (docs/demo.md); 5 of 10 keeps this
 # check meaningful (a broken pipeline or a language-blind model gets 0-2) without flaking.
 EPISODES, MIN_SUCCESSES = 10, 5
 

@@ -47,7 +47,7 @@ class FrameRecorder:
 
     def on_image(self, msg) -> None:
         now = time.monotonic()
-        if len(self.frames) >= self.max_frames or now - self._last < self.period:
+        if not self.caption or len(self.frames) >= self.max_frames or now - self._last < self.period:
             return
         self._last = now
         rgb = np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.width, 3)
