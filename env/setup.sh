@@ -11,7 +11,7 @@ cd "$repo"
 # rosidl_generator_py exports numpy's include directory; so the venv lives outside
 # the checkout (one per checkout path) and .venv is a link to it.
 checkout_id="$(printf '%s' "$repo" | sha1sum | cut -c1-12)"
-venv="${HLRP_VENV_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/hlrp_ros/venv-$checkout_id}"
+venv="${HLRP_VENV_DIR:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/hlrp_ros/venv-$checkout_id}"
 python="${PYTHON:-python3}"
 
 req_hash="$(cat requirements.txt env/constraints.txt | sha1sum | cut -c1-40)"
