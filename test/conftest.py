@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import os
 import random
+import tempfile
 
 # Before any rclpy import: isolate this run's DDS traffic from other work on the machine.
 os.environ["ROS_DOMAIN_ID"] = str(random.SystemRandom().randint(1, 100))
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("PYTHONUNBUFFERED", "1")
+# ROS logs of the nodes the tests start go to a private directory (rcl also needs one when
+# HOME is unset, as in some CI environments).
+os.environ.setdefault("ROS_LOG_DIR", tempfile.mkdtemp(prefix="hlrp_test_ros_log_"))
 
 import pytest  # noqa: E402
 
