@@ -444,10 +444,12 @@ def load_lerobot_smolvla(
     tok_dir = resolve_tokenizer_dir(path, parsed, tokenizer_dir)
     tokenizer = load_tokenizer(tok_dir)
     config = to_hlrp_config(parsed, read_vlm_config(tok_dir), tokenizer)
-    policy = HLRPPolicy(config, tokenizer=tokenizer)
-    weights = read_safetensors(path / WEIGHTS_FILE) if (path / WEIGHTS_FILE).is_file() else None
-    if weights is None:
+    if not (path / WEIGHTS_FILE).is_file():
         raise FileNotFoundError(f"LeRobot checkpoint file {path / WEIGHTS_FILE} not found")
+    weights = read_safetensors(path / WEIGHTS_FILE)
+    # No random initialisation: convert_state_dict guarantees every network tensor is loaded below
+    # (for smolvla-base sizes the skipped init is most of the start-up time).
+    policy = HLRPPolicy(config, tokenizer=tokenizer, init_weights=False)
     expected = {k: v for k, v in policy.state_dict().items() if k.startswith("model.")}
     state = convert_state_dict(weights, expected, path / WEIGHTS_FILE)
     policy.load_state_dict(state, strict=False)
