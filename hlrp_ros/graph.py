@@ -40,7 +40,8 @@ def isolated_ros_env(domain_id: int | None = None, base: dict[str, str] | None =
         base: environment to start from (default: this process's).
     """
     env = dict(os.environ if base is None else base)
-    env["ROS_DOMAIN_ID"] = str(domain_id if domain_id is not None else random.randint(1, 100))
+    # SystemRandom: a tool that seeded `random` must not hand two concurrent runs the same domain.
+    env["ROS_DOMAIN_ID"] = str(domain_id if domain_id is not None else random.SystemRandom().randint(1, 100))
     env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.setdefault("RCUTILS_LOGGING_BUFFERED_STREAM", "0")

@@ -8,26 +8,23 @@ the tests start. Tests that start processes stop them by process group (never by
 from __future__ import annotations
 
 import os
-import random
 import tempfile
 
+import pytest
+
+from hlrp_ros.graph import NodeProcess, isolated_ros_env  # imports no rclpy
+
 # Before any rclpy import: isolate this run's DDS traffic from other work on the machine.
-os.environ["ROS_DOMAIN_ID"] = str(random.SystemRandom().randint(1, 100))
-os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-os.environ.setdefault("PYTHONUNBUFFERED", "1")
+os.environ.update(isolated_ros_env())
 # ROS logs of the nodes the tests start go to a private directory (rcl also needs one when
 # HOME is unset, as in some CI environments).
 os.environ.setdefault("ROS_LOG_DIR", tempfile.mkdtemp(prefix="hlrp_test_ros_log_"))
-
-import pytest  # noqa: E402
-
-from hlrp_ros.graph import NodeProcess, isolated_ros_env  # noqa: E402
 
 
 @pytest.fixture
 def ros_env() -> dict[str, str]:
     """Environment for node processes: this run's domain, localhost discovery."""
-    return isolated_ros_env(int(os.environ["ROS_DOMAIN_ID"]))
+    return dict(os.environ)  # isolated at import, above
 
 
 @pytest.fixture
