@@ -9,20 +9,9 @@ from pathlib import Path
 from catkin_pkg.package import parse_package
 
 ROOT = Path(__file__).resolve().parent.parent
-# Python modules that come from ROS packages, mapped to the package that provides them.
-ROS_MODULES = {
-    "rclpy": "rclpy",
-    "std_msgs": "std_msgs",
-    "sensor_msgs": "sensor_msgs",
-    "trajectory_msgs": "trajectory_msgs",
-    "diagnostic_msgs": "diagnostic_msgs",
-    "builtin_interfaces": "builtin_interfaces",
-    "lifecycle_msgs": "lifecycle_msgs",
-    "cv_bridge": "cv_bridge",
-    "launch": "launch",
-    "launch_ros": "launch_ros",
-    "ament_index_python": "ament_index_python",
-}
+# Python modules that come from ROS packages of the same name.
+ROS_MODULES = {"rclpy", "std_msgs", "sensor_msgs", "trajectory_msgs", "diagnostic_msgs", "builtin_interfaces",
+               "lifecycle_msgs", "cv_bridge", "launch", "launch_ros", "ament_index_python"}
 # Third-party Python modules and their rosdep keys.
 PYTHON_MODULES = {"numpy": "python3-numpy", "cv2": "python3-opencv", "yaml": "python3-yaml",
                   "torch": "python3-torch"}
@@ -57,7 +46,7 @@ def test_manifest_is_format_3_and_valid():
 
 def test_every_ros_and_system_module_the_code_imports_is_declared():
     declared = declared_dependencies()
-    wanted = {**ROS_MODULES, **PYTHON_MODULES}
+    wanted = {**{module: module for module in ROS_MODULES}, **PYTHON_MODULES}
     missing = {module: wanted[module] for module in imported_top_level_modules() & wanted.keys()
                if wanted[module] not in declared}
     assert not missing, f"imported but not declared in package.xml: {missing}"
