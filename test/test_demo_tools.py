@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
+import torch
 
 from hlrp_ros.sim.expert import expert_chunk, inverse_kinematics
 from hlrp_ros.sim.render import Camera
@@ -72,6 +74,42 @@ def test_generate_train_resume(tmp_path):
 
     policy = load_policy(out / "final")
     assert policy.config.joint_names == ["joint_1", "joint_2", "joint_3"] and policy.config.chunk_size == 16
+
+
+def test_weight_averaged_fine_tune_resumes_exactly(tmp_path, monkeypatch):
+    """--init-from + --ema: an interrupted and resumed run ends with the same averaged weights as an uninterrupted one."""
+    from safetensors.torch import load_file
+
+    data = tmp_path / "ds.npz"
+    assert generate_dataset.main(["--episodes", "2", "--steps", "6", "--keep", "0", "--out", str(data), "--seed", "2"]) == 0
+    common = ["--data", str(data), "--batch-size", "4", "--seed", "5", "--warmup", "2", "--threads", "1"]
+    assert train.main([*common, "--out", str(tmp_path / "base"), "--steps", "2"]) == 0
+    fine = [*common, "--steps", "6", "--save-every", "3", "--init-from", str(tmp_path / "base" / "final"), "--ema", "0.9"]
+    assert train.main([*fine, "--out", str(tmp_path / "whole")]) == 0
+
+    real_save = train.save
+
+    def save_then_crash(*args, **kwargs):
+        real_save(*args, **kwargs)
+        if args[2] == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "save", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train.main([*fine, "--out", str(tmp_path / "split")])
+    monkeypatch.undo()
+    assert train.main([*fine, "--out", str(tmp_path / "split"), "--resume"]) == 0
+
+    whole = load_file(tmp_path / "whole" / "final" / "model.safetensors")
+    split = load_file(tmp_path / "split" / "final" / "model.safetensors")
+    base = load_file(tmp_path / "base" / "final" / "model.safetensors")
+    assert all(torch.equal(whole[k], split[k]) for k in whole)
+    assert any(not torch.equal(whole[k], base[k]) for k in whole)  # it did train
+    # The checkpoint is the average, not the live weights (kept for resuming in the train state).
+    live = torch.load(tmp_path / "whole" / "last" / train.TRAIN_STATE, weights_only=True)["live"]
+    assert any(not torch.equal(live[k], whole[k]) for k in live)
+    info = json.loads((tmp_path / "whole" / "final" / "training.json").read_text())
+    assert info["ema"] == 0.9 and info["init_from"].endswith("base/final")
 
 
 def test_keep_records_a_random_subset_of_steps():

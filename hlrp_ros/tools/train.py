@@ -4,6 +4,11 @@
         --steps 4000 --seed 0
     # interrupted? the same command with --resume continues from <out>/last
     # language-blind baseline: add --blind (the colour is withheld: every instruction is "reach the target")
+    # fine-tune: --init-from <checkpoint> starts from its weights and statistics (new optimiser and schedule)
+
+``--ema D`` keeps an exponential moving average of the weights (decay ``D``, as diffusion policies do)
+and saves the average as the checkpoint: it smooths the noisy flow-matching updates, which makes the
+actions more precise.
 
 Writes ``<out>/last`` (checkpoint + optimiser state, every ``--save-every`` steps) and
 ``<out>/final`` (the checkpoint: ``config.json``, ``model.safetensors`` with the
@@ -97,10 +102,40 @@ def learning_rate(step: int, total: int, peak: float, warmup: int) -> float:
     return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def save(policy: HLRPPolicy, optimizer: torch.optim.Optimizer, step: int, directory: Path, info: dict) -> None:
+class WeightAverage:
+    """Exponential moving average of the trainable weights: ``avg = d * avg + (1 - d) * w`` after each step."""
+
+    def __init__(self, policy: HLRPPolicy, decay: float) -> None:
+        self.decay = decay
+        self.params = {n: p for n, p in policy.named_parameters() if p.requires_grad}
+        self.average = {n: p.detach().clone() for n, p in self.params.items()}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for name, p in self.params.items():
+            self.average[name].lerp_(p.detach(), 1.0 - self.decay)
+
+    @torch.no_grad()
+    def swap(self) -> None:
+        """Exchanges the live and the averaged weights (a second call undoes it)."""
+        for name, p in self.params.items():
+            live = p.detach().clone()
+            p.copy_(self.average[name])
+            self.average[name].copy_(live)
+
+
+def save(policy: HLRPPolicy, optimizer: torch.optim.Optimizer, step: int, directory: Path, info: dict,
+         average: WeightAverage | None = None) -> None:
+    """Writes the checkpoint (the averaged weights when averaging) and the state a resume needs."""
     tmp = directory.with_name(directory.name + ".tmp")
+    state = {"optimizer": optimizer.state_dict(), "step": step}
+    if average is not None:
+        average.swap()
+        state["live"] = {n: v.clone() for n, v in average.average.items()}
     policy.save_pretrained(tmp)
-    torch.save({"optimizer": optimizer.state_dict(), "step": step}, tmp / TRAIN_STATE)
+    if average is not None:
+        average.swap()
+    torch.save(state, tmp / TRAIN_STATE)
     (tmp / "training.json").write_text(json.dumps({**info, "step": step}, indent=2) + "\n")
     if directory.exists():
         old = directory.with_name(directory.name + ".old")
@@ -120,6 +155,8 @@ def train(args: argparse.Namespace) -> Path:
     horizon = data["actions"].shape[1]
     policy = build_policy(horizon, args.n_action_steps, data["images"].shape[1])
     policy.set_normalization_stats(state=stats(data["states"]), action=stats(data["actions"]))
+    if args.init_from is not None:  # its statistics too: its weights were trained against them
+        policy.load_weights(args.init_from / "model.safetensors")
     last = args.out / "last"
     start = 0
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=args.lr,
@@ -130,6 +167,11 @@ def train(args: argparse.Namespace) -> Path:
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["step"])
         logger.info("resumed from %s at step %d", last, start)
+    average = WeightAverage(policy, args.ema) if args.ema else None
+    if average is not None and start:  # ``last`` holds the average; the live weights are in the train state
+        with torch.no_grad():
+            for name, value in state["live"].items():
+                average.params[name].copy_(value)
     n_params = sum(p.numel() for p in policy.parameters())
     logger.info("%d samples, %d parameters, blind=%s", len(data["states"]), n_params, args.blind)
     batcher = Batcher(data, policy, args.blind)
@@ -140,7 +182,8 @@ def train(args: argparse.Namespace) -> Path:
         history = previous.get("history", [previous["command"]]) + []
         history[-1] = f"{history[-1]}  # until step {start}"
     info = {"command": command, "history": [*history, command],
-            "seed": args.seed, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+            "seed": args.seed, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "ema": args.ema,
+            "init_from": None if args.init_from is None else str(args.init_from),
             "blind": args.blind, "dataset": str(args.data), "dataset_meta": str(data.get("meta", [""])[0]),
             "parameters": n_params}
     policy.train()
@@ -158,13 +201,17 @@ def train(args: argparse.Namespace) -> Path:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
         optimizer.step()
+        if average is not None:
+            average.update()
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         bar.set_postfix(loss=f"{ema:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}")
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
             policy.eval()
-            save(policy, optimizer, step + 1, last, {**info, "loss_ema": ema})
+            save(policy, optimizer, step + 1, last, {**info, "loss_ema": ema}, average)
             policy.train()
     policy.eval()
+    if average is not None:
+        average.swap()  # the checkpoint is the averaged model
     final = args.out / "final"
     info.update({"loss_ema": ema, "train_seconds_this_run": round(time.monotonic() - t0, 1)})
     policy.save_pretrained(final)
@@ -188,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--blind", action="store_true", help=f"withhold the instruction (language-blind baseline): every sample gets {BLIND_INSTRUCTION!r}")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/last if it exists")
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="start from this checkpoint's weights and statistics (fine-tuning)")
+    parser.add_argument("--ema", type=float, default=0.0,
+                        help="weight-averaging decay (e.g. 0.999); the checkpoint is the average. 0: off")
     args = parser.parse_args(argv)
     args.argv = argv
     logging.basicConfig(level=logging.INFO, format="%(message)s")
