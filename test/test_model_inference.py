@@ -220,7 +220,28 @@ def test_prepacked_linears_match_the_modules_and_follow_weight_updates():
     assert linear.weight.grad is not None
 
 
-def test_prepacked_and_plain_linears_give_the_same_chunk(policy):
+@pytest.mark.parametrize("act", ["gelu_pytorch_tanh", "gelu", "silu"])
+def test_fused_activation_and_residual_equal_the_separate_ops(act):
+    from hlrp_ros.policies.hlrp.smolvlm_with_expert import PackedLinears
+
+    linear = torch.nn.Linear(240, 400)
+    packed = PackedLinears()
+    x, residual = torch.randn(2, 50, 240), torch.randn(2, 50, 400)
+    reference = {"gelu_pytorch_tanh": lambda y: torch.nn.functional.gelu(y, approximate="tanh"),
+                 "gelu": torch.nn.functional.gelu, "silu": torch.nn.functional.silu}[act]
+    with torch.no_grad():
+        assert float((packed(linear, x, act=act) - reference(linear(x))).abs().max()) <= 1e-5
+        assert float((packed(linear, x, residual=residual) - (linear(x) + residual)).abs().max()) <= 1e-5
+        packed.enabled = False  # the fallback path computes the same thing
+        assert float((packed(linear, x, act=act) - reference(linear(x))).abs().max()) == 0.0
+    with pytest.raises(ValueError, match="either an activation or a residual"):
+        packed(linear, x, act=act, residual=residual)
+
+
+def test_prepacked_and_plain_linears_give_the_same_chunk(policy, monkeypatch):
+    from hlrp_ros.policies.hlrp.smolvlm_with_expert import PackedLinears
+
+    monkeypatch.setattr(PackedLinears, "MIN_WEIGHT_NUMEL", 0)  # the tiny model's weights are below the cutoff
     obs = make_observation(seed=6)
     fast = policy.predict_action_chunk(obs, noise=fixed_noise(policy))
     policy.model.vlm_with_expert.linear.enabled = False
