@@ -8,6 +8,12 @@ For each preset and dtype it reports, on random weights and one camera at the pr
 * chunk ms       ``predict_action_chunk`` (prefix + ``num_steps`` steps + un-normalisation)
 * uncached ms    the same chunk recomputing the full prefix+suffix sequence through VLM and expert at
                  every step (prefix embeddings computed once), i.e. no KV cache
+* no-cache ms    the same chunk with nothing kept between steps: every step re-encodes the prefix
+                 (vision tower and connector included) and runs the full sequence, as a policy without
+                 a prefix cache does
+* floor          the cached/uncached ratio the cached chunk could reach if its denoising steps were free
+                 (prefix / uncached): with one large camera the vision tower, which both paths run once,
+                 bounds the ratio from below
 * GFLOP/chunk    matmul/conv/attention FLOPs of one cached chunk (torch.utils.flop_counter)
 * GFLOP/s        achieved, and as a share of a large fp32 (and bf16) ``torch.matmul`` ceiling measured in
                  the same run, interleaved with the model timings
@@ -32,6 +38,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from hlrp_ros.policies.base import Observation
+from hlrp_ros.policies.common import flow_matching
 from hlrp_ros.policies.hlrp.modeling_hlrp import HLRPPolicy
 from hlrp_ros.policies.hlrp.presets import make_config
 
@@ -102,11 +109,20 @@ def bench(preset: str, dtype: str, repeats: int, prepack: bool = True) -> dict[s
         with torch.no_grad():
             model.sample_actions_uncached(*inputs[:5], noise=x)
 
+    def no_cache() -> None:
+        def velocity(x_t: torch.Tensor, t: float) -> torch.Tensor:
+            embs, pad, att = model.embed_prefix(*inputs[:5])  # vision tower included, every step
+            suffix, s_pad, s_att = model.embed_suffix(x_t, torch.full((1,), t))
+            return model._velocity(model._joint(embs, pad, att, suffix, s_pad, s_att))
+
+        with torch.no_grad():
+            flow_matching.euler_integrate(velocity, x, policy.config.num_steps)
+
     def chunk() -> None:
         policy.predict_action_chunk(obs, noise=x[0])
 
     flops = chunk_flops(policy, obs)
-    ceilings32, ceilings16, chunks, prefixes, steps, uncached_t = [], [], [], [], [], []
+    ceilings32, ceilings16, chunks, prefixes, steps, uncached_t, no_cache_t = [], [], [], [], [], [], []
     # Interleave the ceiling with the model so that load from other processes hits both alike.
     rounds = max(1, repeats // 5)
     per_round = max(1, repeats // rounds)
@@ -117,6 +133,7 @@ def bench(preset: str, dtype: str, repeats: int, prepack: bool = True) -> dict[s
         steps += timed(step, per_round * 2)
         chunks += timed(chunk, per_round)
         uncached_t += timed(uncached, max(1, per_round // 2), warmup=0 if uncached_t else 1)
+        no_cache_t += timed(no_cache, max(1, per_round // 4), warmup=0)
     med = statistics.median
     chunk_s = med(chunks)
     achieved = flops / chunk_s / 1e9
@@ -128,6 +145,7 @@ def bench(preset: str, dtype: str, repeats: int, prepack: bool = True) -> dict[s
         "best_ms": min(chunks) * 1e3,
         "eff32_best": flops / min(chunks) / 1e9 / max(ceilings32),
         "uncached_ms": med(uncached_t) * 1e3,
+        "no_cache_ms": med(no_cache_t) * 1e3,
         "gflop": flops / 1e9,
         "gflops": achieved,
         "ceil32": max(ceilings32),
@@ -153,7 +171,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     print(f"torch {torch.__version__}, ceiling: {CEILING_N}^3 matmul (best of 5, measured between model timings)")
     header = (f"{'preset':13} {'dtype':8} {'linears':8} {'thr':>3} {'params':>7} {'prefix':>9} {'step':>8} "
-              f"{'chunk':>9} {'uncached':>9} {'GFLOP':>7} {'GFLOP/s':>8} {'ceil32':>7} {'%ceil32':>7} "
+              f"{'chunk':>9} {'uncached':>9} {'ratio':>5} {'floor':>5} {'no-cache':>9} {'ratio':>5} {'GFLOP':>7} {'GFLOP/s':>8} {'ceil32':>7} {'%ceil32':>7} "
               f"{'ceil16':>7} {'%ceil16':>7} {'n':>3} {'best':>9} {'%ceil32':>7}")
     print(header)
     for threads in args.threads:
@@ -165,11 +183,15 @@ def main() -> None:
                     r = bench(preset, dtype, repeats, prepack)
                     print(f"{preset:13} {dtype:8} {'packed' if prepack else 'plain':8} {threads:3d} "
                           f"{r['params_M']:6.1f}M {r['prefix_ms']:7.1f}ms {r['step_ms']:6.1f}ms "
-                          f"{r['chunk_ms']:7.1f}ms {r['uncached_ms']:7.1f}ms {r['gflop']:7.2f} {r['gflops']:8.1f} "
+                          f"{r['chunk_ms']:7.1f}ms {r['uncached_ms']:7.1f}ms "
+                          f"{r['chunk_ms'] / r['uncached_ms']:5.2f} {r['prefix_ms'] / r['uncached_ms']:5.2f} "
+                          f"{r['no_cache_ms']:7.1f}ms {r['chunk_ms'] / r['no_cache_ms']:5.2f} {r['gflop']:7.2f} {r['gflops']:8.1f} "
                           f"{r['ceil32']:7.1f} {100 * r['eff32']:6.1f}% {r['ceil16']:7.1f} {100 * r['eff16']:6.1f}% "
                           f"{r['n_chunks']:3d} {r['best_ms']:7.1f}ms {100 * r['eff32_best']:6.1f}%", flush=True)
     print("times are medians; n = timed chunks; chunk = 1 camera, num_steps/chunk_size of the preset "
-          "(tiny 10/10, smolvla-base 10/50); uncached = full prefix+suffix recomputed every step")
+          "(tiny 10/10, smolvla-base 10/50); uncached = full prefix+suffix sequence recomputed every step "
+          "(images embedded once), ratio = chunk/uncached, floor = prefix/uncached (the ratio with free steps); "
+          "no-cache = also the images re-encoded every step, ratio = chunk/no-cache")
 
 
 if __name__ == "__main__":
