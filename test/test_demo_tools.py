@@ -112,6 +112,32 @@ def test_weight_averaged_fine_tune_resumes_exactly(tmp_path, monkeypatch):
     assert info["ema"] == 0.9 and info["init_from"].endswith("base/final")
 
 
+def test_word_dropout_never_touches_the_colour_and_is_seeded():
+    policy = train.build_policy(16, 8, 64)
+    texts = ["reach the blue target", "go to the red disc", "move the arm to the green one"]
+    data = {"images": np.zeros((3, 64, 64, 3), np.uint8), "states": np.zeros((3, 3)), "actions": np.zeros((3, 16, 3)),
+            "instruction_ids": np.arange(3), "instructions": np.array(texts)}
+    batcher = train.Batcher(data, policy, blind=False, word_dropout=0.5)
+    tokenizer = policy.processor.tokenizer
+    seen_unk = False
+    for seed in range(20):
+        out = batcher.batch(np.arange(3), np.random.default_rng(seed))
+        again = batcher.batch(np.arange(3), np.random.default_rng(seed))
+        assert torch.equal(out["lang_tokens"], again["lang_tokens"])
+        for text, ids, mask in zip(texts, out["lang_tokens"], out["lang_masks"], strict=True):
+            words = tokenizer.convert_ids_to_tokens(ids[mask].tolist())
+            colour = text.split()[-2]
+            assert words.count(colour) == 1 and words[-1] == "\n"
+            # What is left besides <unk> is the original sentence with words removed, in order.
+            original = iter(tokenizer.convert_ids_to_tokens(tokenizer(text + "\n")["input_ids"]))
+            assert all(w in original for w in words if w != "<unk>")
+            seen_unk |= "<unk>" in words
+    assert seen_unk
+    plain = train.Batcher(data, policy, blind=False)  # no dropout: the tokenised instructions as they are
+    clean = plain.batch(np.arange(3), np.random.default_rng(0))
+    assert torch.equal(clean["lang_tokens"], plain.lang[:, : clean["lang_tokens"].shape[1]])
+
+
 def test_keep_records_a_random_subset_of_steps():
     world = World(seed=0)
     ep = collect_episode(world, Camera(world.spec), np.random.default_rng(1), steps=20, horizon=16, keep=4)

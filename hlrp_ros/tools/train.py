@@ -35,7 +35,7 @@ from tqdm import tqdm
 from hlrp_ros.policies.hlrp.modeling_hlrp import HLRPPolicy
 from hlrp_ros.policies.hlrp.presets import make_config
 from hlrp_ros.policies.hlrp.processor_hlrp import resize_with_pad
-from hlrp_ros.sim.world import ArmSpec
+from hlrp_ros.sim.world import COLOURS, ArmSpec
 
 logger = logging.getLogger(__name__)
 TRAIN_STATE = "train_state.pt"
@@ -55,9 +55,15 @@ def build_policy(chunk_size: int, n_action_steps: int, image_size: int) -> HLRPP
 
 
 class Batcher:
-    """Model-ready batches from the dataset arrays (images scaled once per batch, texts tokenised once)."""
+    """Model-ready batches from the dataset arrays (images scaled once per batch, texts tokenised once).
 
-    def __init__(self, data: dict[str, np.ndarray], policy: HLRPPolicy, blind: bool) -> None:
+    ``word_dropout`` p: each word other than the colour becomes ``<unk>`` with probability p, and with
+    probability p an ``<unk>`` is inserted at a random place. Instructions at run time contain words the
+    training templates never used (all ``<unk>`` to the word-level tokenizer); this teaches the model
+    that such words carry no task information and the colour word does.
+    """
+
+    def __init__(self, data: dict[str, np.ndarray], policy: HLRPPolicy, blind: bool, word_dropout: float = 0.0) -> None:
         self.images = torch.from_numpy(data["images"])  # (N, H, W, 3) uint8
         self.states = torch.from_numpy(data["states"].astype(np.float32))
         self.actions = torch.from_numpy(data["actions"].astype(np.float32))
@@ -71,16 +77,40 @@ class Batcher:
             self.lang[i, : t.ids.shape[1]] = t.ids[0]
             self.lang_mask[i, : t.ids.shape[1]] = t.mask[0]
         self.config = policy.config
+        self.word_dropout = word_dropout
+        tokenizer = policy.processor.tokenizer
+        self.unk_id = tokenizer.unk_token_id
+        # Never dropped: the colour words, the trailing newline, and special tokens (ids below the first word).
+        self.protected = torch.tensor(tokenizer.convert_tokens_to_ids([*COLOURS, "\n"]), dtype=torch.long)
+        self.first_word_id = len(tokenizer.all_special_ids)
 
     def __len__(self) -> int:
         return len(self.states)
 
-    def batch(self, index: np.ndarray) -> dict[str, torch.Tensor]:
+    def drop_words(self, lang: torch.Tensor, mask: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Word dropout (see the class docstring); returns new ``(tokens, mask)`` one column wider."""
+        p = self.word_dropout
+        lang = torch.cat([lang, torch.zeros_like(lang[:, :1])], dim=1)
+        mask = torch.cat([mask, torch.zeros_like(mask[:, :1])], dim=1)
+        droppable = mask & (lang >= self.first_word_id) & ~torch.isin(lang, self.protected)
+        drop = torch.from_numpy(rng.random(tuple(lang.shape)) < p) & droppable
+        lang[drop] = self.unk_id
+        for row in np.flatnonzero(rng.random(len(lang)) < p):
+            n = int(mask[row].sum())
+            at = int(rng.integers(0, n))  # before the last token (the newline) at the latest
+            lang[row, at + 1: n + 1] = lang[row, at:n].clone()
+            lang[row, at], mask[row, n] = self.unk_id, True
+        return lang, mask
+
+    def batch(self, index: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Samples ``index``; ``rng`` drives word dropout (when enabled)."""
         idx = torch.from_numpy(index)
         img = self.images[idx].permute(0, 3, 1, 2).to(torch.float32) / 255.0
         h, w = self.config.image_size
         img = resize_with_pad(img, w, h, pad_value=self.config.image_pad_value) * 2.0 - 1.0
         lang, mask = self.lang[self.instr[idx]], self.lang_mask[self.instr[idx]]
+        if self.word_dropout > 0 and rng is not None:
+            lang, mask = self.drop_words(lang, mask, rng)
         keep = mask.any(dim=0)  # drop columns that are padding in every row
         return {
             "images": img[:, None], "image_masks": torch.ones(len(idx), 1, dtype=torch.bool),
@@ -174,7 +204,7 @@ def train(args: argparse.Namespace) -> Path:
                 average.params[name].copy_(value)
     n_params = sum(p.numel() for p in policy.parameters())
     logger.info("%d samples, %d parameters, blind=%s", len(data["states"]), n_params, args.blind)
-    batcher = Batcher(data, policy, args.blind)
+    batcher = Batcher(data, policy, args.blind, args.word_dropout)
     command = "python -m hlrp_ros.tools.train " + " ".join(shlex.quote(a) for a in args.argv)
     history = []  # every command that contributed to this run (a resume may change --steps)
     if start and (last / "training.json").is_file():
@@ -183,6 +213,7 @@ def train(args: argparse.Namespace) -> Path:
         history[-1] = f"{history[-1]}  # until step {start}"
     info = {"command": command, "history": [*history, command],
             "seed": args.seed, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "ema": args.ema,
+            "word_dropout": args.word_dropout,
             "init_from": None if args.init_from is None else str(args.init_from),
             "blind": args.blind, "dataset": str(args.data), "dataset_meta": str(data.get("meta", [""])[0]),
             "parameters": n_params}
@@ -192,7 +223,7 @@ def train(args: argparse.Namespace) -> Path:
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="train", unit="step")
     for step in bar:
         rng = np.random.default_rng([args.seed, step])
-        batch = batcher.batch(rng.integers(0, len(batcher), args.batch_size))
+        batch = batcher.batch(rng.integers(0, len(batcher), args.batch_size), rng)
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
@@ -237,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue from <out>/last if it exists")
     parser.add_argument("--init-from", type=Path, default=None,
                         help="start from this checkpoint's weights and statistics (fine-tuning)")
+    parser.add_argument("--word-dropout", type=float, default=0.0,
+                        help="probability of replacing a non-colour word with <unk> / inserting one (see Batcher)")
     parser.add_argument("--ema", type=float, default=0.0,
                         help="weight-averaging decay (e.g. 0.999); the checkpoint is the average. 0: off")
     args = parser.parse_args(argv)
