@@ -280,8 +280,9 @@ class VLAFlowMatching(nn.Module):
             timestep, self.vlm_with_expert.expert_hidden_size, self.config.min_period, self.config.max_period
         ).type(dtype=action_emb.dtype)
         time_emb = time_emb[:, None, :].expand_as(action_emb)
-        x = self.action_time_mlp_in(torch.cat([action_emb, time_emb], dim=2))
-        x = self.action_time_mlp_out(F.silu(x))
+        lin = self.vlm_with_expert.linear  # prepacked at inference, the modules themselves in training
+        x = lin(self.action_time_mlp_in, torch.cat([action_emb, time_emb], dim=2), act="silu")
+        x = lin(self.action_time_mlp_out, x)
         pad = torch.ones(bsize, c_len, dtype=torch.bool, device=x.device)
         att = torch.ones(bsize, c_len, dtype=x.dtype, device=x.device)
         return x, pad, att
