@@ -99,11 +99,16 @@ def test_weight_averaged_fine_tune_resumes_exactly(tmp_path, monkeypatch):
         train.main([*fine, "--out", str(tmp_path / "split")])
     monkeypatch.undo()
     assert train.main([*fine, "--out", str(tmp_path / "split"), "--resume"]) == 0
+    # --stop-after: a planned stop on the same schedule; --resume finishes the run.
+    assert train.main([*fine, "--out", str(tmp_path / "staged"), "--stop-after", "4"]) == 0
+    assert json.loads((tmp_path / "staged" / "last" / "training.json").read_text())["step"] == 4
+    assert train.main([*fine, "--out", str(tmp_path / "staged"), "--resume"]) == 0
+    staged = load_file(tmp_path / "staged" / "final" / "model.safetensors")
 
     whole = load_file(tmp_path / "whole" / "final" / "model.safetensors")
     split = load_file(tmp_path / "split" / "final" / "model.safetensors")
     base = load_file(tmp_path / "base" / "final" / "model.safetensors")
-    assert all(torch.equal(whole[k], split[k]) for k in whole)
+    assert all(torch.equal(whole[k], split[k]) and torch.equal(whole[k], staged[k]) for k in whole)
     assert any(not torch.equal(whole[k], base[k]) for k in whole)  # it did train
     # The checkpoint is the average, not the live weights (kept for resuming in the train state).
     live = torch.load(tmp_path / "whole" / "last" / train.TRAIN_STATE, weights_only=True)["live"]

@@ -220,7 +220,8 @@ def train(args: argparse.Namespace) -> Path:
     policy.train()
     t0 = time.monotonic()
     ema = None
-    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="train", unit="step")
+    stop = min(args.steps, args.stop_after) if args.stop_after else args.steps
+    bar = tqdm(range(start, stop), initial=start, total=args.steps, desc="train", unit="step")
     for step in bar:
         rng = np.random.default_rng([args.seed, step])
         batch = batcher.batch(rng.integers(0, len(batcher), args.batch_size), rng)
@@ -236,7 +237,7 @@ def train(args: argparse.Namespace) -> Path:
             average.update()
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         bar.set_postfix(loss=f"{ema:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}")
-        if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
+        if (step + 1) % args.save_every == 0 or step + 1 == stop:
             policy.eval()
             save(policy, optimizer, step + 1, last, {**info, "loss_ema": ema}, average)
             policy.train()
@@ -244,7 +245,7 @@ def train(args: argparse.Namespace) -> Path:
     if average is not None:
         average.swap()  # the checkpoint is the averaged model
     final = args.out / "final"
-    info.update({"loss_ema": ema, "train_seconds_this_run": round(time.monotonic() - t0, 1)})
+    info.update({"stopped_at": stop, "loss_ema": ema, "train_seconds_this_run": round(time.monotonic() - t0, 1)})
     policy.save_pretrained(final)
     (final / "training.json").write_text(json.dumps(info, indent=2) + "\n")
     logger.info("saved %s (loss ema %.4f, %.0f s)", final, ema or float("nan"), time.monotonic() - t0)
@@ -266,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--blind", action="store_true", help=f"withhold the instruction (language-blind baseline): every sample gets {BLIND_INSTRUCTION!r}")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/last if it exists")
+    parser.add_argument("--stop-after", type=int, default=None,
+                        help="stop after this step (the schedule still spans --steps; --resume continues)")
     parser.add_argument("--init-from", type=Path, default=None,
                         help="start from this checkpoint's weights and statistics (fine-tuning)")
     parser.add_argument("--word-dropout", type=float, default=0.0,
