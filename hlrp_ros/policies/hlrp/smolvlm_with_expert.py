@@ -194,10 +194,7 @@ class PackedLinears:
             or weight.numel() < self.MIN_WEIGHT_NUMEL
             or (residual is not None and (residual.dtype != x.dtype or residual.shape[:-1] != x.shape[:-1]))
         ):
-            y = module(x)
-            if act is not None:
-                y = self.FUSED_ACTIVATIONS[act][2](y)
-            return y if residual is None else y + residual
+            return self._unfused(module, x, act, residual)
         stamp = (weight._version, weight.data_ptr(), weight.dtype)
         entry = self._cache.get(id(module))
         if entry is None or entry[0] != stamp:
@@ -205,13 +202,20 @@ class PackedLinears:
                 packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), max(1, x.numel() // x.shape[-1]))
             except RuntimeError:  # no usable oneDNN kernel for this dtype/CPU: stop trying
                 self.enabled = False
-                return module(x)
+                return self._unfused(module, x, act, residual)
             entry = (stamp, packed)
             self._cache[id(module)] = entry
         if residual is not None:
             return torch.ops.mkldnn._linear_pointwise.binary(x, residual.contiguous(), entry[1], module.bias, "add")
         attr, algorithm, _ = self.FUSED_ACTIVATIONS[act] if act is not None else ("none", "", None)
         return torch.ops.mkldnn._linear_pointwise(x, entry[1], module.bias, attr, [], algorithm)
+
+    def _unfused(self, module: nn.Linear, x: Tensor, act: str | None, residual: Tensor | None) -> Tensor:
+        """The same result through the module and separate kernels (autograd, GPU, no oneDNN)."""
+        y = module(x)
+        if act is not None:
+            y = self.FUSED_ACTIVATIONS[act][2](y)
+        return y if residual is None else y + residual
 
 
 @dataclass
