@@ -58,12 +58,15 @@ class Batcher:
     """Model-ready batches from the dataset arrays (images scaled once per batch, texts tokenised once).
 
     ``word_dropout`` p: each word other than the colour becomes ``<unk>`` with probability p, and with
-    probability p an ``<unk>`` is inserted at a random place. Instructions at run time contain words the
-    training templates never used (all ``<unk>`` to the word-level tokenizer); this teaches the model
-    that such words carry no task information and the colour word does.
+    probability p an ``<unk>`` is inserted at a random place. ``random_words`` p: the same with a random
+    vocabulary word (colours excepted) instead of ``<unk>``. Instructions at run time contain words the
+    training templates never used (``<unk>`` to the word-level tokenizer, or known words whose embeddings
+    no template trained); both teach the model that such words carry no task information and the
+    colour word does.
     """
 
-    def __init__(self, data: dict[str, np.ndarray], policy: HLRPPolicy, blind: bool, word_dropout: float = 0.0) -> None:
+    def __init__(self, data: dict[str, np.ndarray], policy: HLRPPolicy, blind: bool, word_dropout: float = 0.0,
+                 random_words: float = 0.0) -> None:
         self.images = torch.from_numpy(data["images"])  # (N, H, W, 3) uint8
         self.states = torch.from_numpy(data["states"].astype(np.float32))
         self.actions = torch.from_numpy(data["actions"].astype(np.float32))
@@ -77,29 +80,35 @@ class Batcher:
             self.lang[i, : t.ids.shape[1]] = t.ids[0]
             self.lang_mask[i, : t.ids.shape[1]] = t.mask[0]
         self.config = policy.config
-        self.word_dropout = word_dropout
+        self.word_dropout, self.random_words = word_dropout, random_words
         tokenizer = policy.processor.tokenizer
         self.unk_id = tokenizer.unk_token_id
-        # Never dropped: the colour words, the trailing newline, and special tokens (ids below the first word).
+        # Never replaced: the colour words, the trailing newline, and special tokens (ids below the first word).
         self.protected = torch.tensor(tokenizer.convert_tokens_to_ids([*COLOURS, "\n"]), dtype=torch.long)
         self.first_word_id = len(tokenizer.all_special_ids)
+        self.vocab_words = np.array([i for i in range(self.first_word_id, len(tokenizer))
+                                     if i not in set(self.protected.tolist())])
 
     def __len__(self) -> int:
         return len(self.states)
 
-    def drop_words(self, lang: torch.Tensor, mask: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Word dropout (see the class docstring); returns new ``(tokens, mask)`` one column wider."""
-        p = self.word_dropout
+    def replace_words(self, lang: torch.Tensor, mask: torch.Tensor, rng: np.random.Generator, p: float,
+                      fillers: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each non-colour word becomes a random ``fillers`` id with probability ``p``, and with probability
+        ``p`` one is inserted at a random place; returns new ``(tokens, mask)`` one column wider."""
+        def pick(k: int) -> np.ndarray:  # a single filler draws no random numbers
+            return np.full(k, fillers[0]) if len(fillers) == 1 else rng.choice(fillers, size=k)
+
         lang = torch.cat([lang, torch.zeros_like(lang[:, :1])], dim=1)
         mask = torch.cat([mask, torch.zeros_like(mask[:, :1])], dim=1)
-        droppable = mask & (lang >= self.first_word_id) & ~torch.isin(lang, self.protected)
-        drop = torch.from_numpy(rng.random(tuple(lang.shape)) < p) & droppable
-        lang[drop] = self.unk_id
+        replaceable = mask & (lang >= self.first_word_id) & ~torch.isin(lang, self.protected)
+        replace = torch.from_numpy(rng.random(tuple(lang.shape)) < p) & replaceable
+        lang[replace] = torch.from_numpy(pick(int(replace.sum())))
         for row in np.flatnonzero(rng.random(len(lang)) < p):
             n = int(mask[row].sum())
             at = int(rng.integers(0, n))  # before the last token (the newline) at the latest
             lang[row, at + 1: n + 1] = lang[row, at:n].clone()
-            lang[row, at], mask[row, n] = self.unk_id, True
+            lang[row, at], mask[row, n] = int(pick(1)[0]), True
         return lang, mask
 
     def batch(self, index: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
@@ -110,7 +119,9 @@ class Batcher:
         img = resize_with_pad(img, w, h, pad_value=self.config.image_pad_value) * 2.0 - 1.0
         lang, mask = self.lang[self.instr[idx]], self.lang_mask[self.instr[idx]]
         if self.word_dropout > 0 and rng is not None:
-            lang, mask = self.drop_words(lang, mask, rng)
+            lang, mask = self.replace_words(lang, mask, rng, self.word_dropout, np.array([self.unk_id]))
+        if self.random_words > 0 and rng is not None:
+            lang, mask = self.replace_words(lang, mask, rng, self.random_words, self.vocab_words)
         keep = mask.any(dim=0)  # drop columns that are padding in every row
         return {
             "images": img[:, None], "image_masks": torch.ones(len(idx), 1, dtype=torch.bool),
@@ -204,7 +215,7 @@ def train(args: argparse.Namespace) -> Path:
                 average.params[name].copy_(value)
     n_params = sum(p.numel() for p in policy.parameters())
     logger.info("%d samples, %d parameters, blind=%s", len(data["states"]), n_params, args.blind)
-    batcher = Batcher(data, policy, args.blind, args.word_dropout)
+    batcher = Batcher(data, policy, args.blind, args.word_dropout, args.random_words)
     command = "python -m hlrp_ros.tools.train " + " ".join(shlex.quote(a) for a in args.argv)
     history = []  # every command that contributed to this run (a resume may change --steps)
     if start and (last / "training.json").is_file():
@@ -213,7 +224,7 @@ def train(args: argparse.Namespace) -> Path:
         history[-1] = f"{history[-1]}  # until step {start}"
     info = {"command": command, "history": [*history, command],
             "seed": args.seed, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "ema": args.ema,
-            "word_dropout": args.word_dropout,
+            "word_dropout": args.word_dropout, "random_words": args.random_words,
             "init_from": None if args.init_from is None else str(args.init_from),
             "blind": args.blind, "dataset": str(args.data), "dataset_meta": str(data.get("meta", [""])[0]),
             "parameters": n_params}
@@ -273,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="start from this checkpoint's weights and statistics (fine-tuning)")
     parser.add_argument("--word-dropout", type=float, default=0.0,
                         help="probability of replacing a non-colour word with <unk> / inserting one (see Batcher)")
+    parser.add_argument("--random-words", type=float, default=0.0,
+                        help="probability of replacing a non-colour word with / inserting a random word (see Batcher)")
     parser.add_argument("--ema", type=float, default=0.0,
                         help="weight-averaging decay (e.g. 0.999); the checkpoint is the average. 0: off")
     args = parser.parse_args(argv)
