@@ -43,6 +43,25 @@ def test_in_process_episode_with_the_expert_succeeds_and_switches():
     assert result.success and result.final_nearest == colours[1]
 
 
+def test_hold_tells_staying_on_the_target_from_passing_it():
+    world = World(seed=0)
+    camera = Camera(world.spec)
+    world.reset(seed=7)
+    first, other = (t.colour for t in world.targets[:2])
+    goals = {c: inverse_kinematics(world.spec.arm, world.target(c).position) for c in (first, other)}
+    stays = run_policy_episode(world, camera, lambda image, state, instruction: expert_chunk(
+        state.astype(float), goals[first], 16, 0.1), first, first, hold=2.0)
+    assert stays.success and stays.final_on_target and stays.success_time is not None
+
+    def leaves_after_success(image, state, instruction):
+        goal = goals[first] if world.time < stays.success_time else goals[other]
+        return expert_chunk(state.astype(float), goal, 16, 0.1)
+
+    world.reset(seed=7)
+    passes = run_policy_episode(world, camera, leaves_after_success, first, first, hold=2.0, n_action_steps=1)
+    assert passes.success and not passes.final_on_target and passes.final_nearest == other
+
+
 def test_evaluation_plans_are_deterministic_and_conditions_differ():
     a = evaluate.plan_episode("switch", 1000, 3, 1.0)
     assert a == evaluate.plan_episode("switch", 1000, 3, 1.0)

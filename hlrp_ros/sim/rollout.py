@@ -88,20 +88,25 @@ class EpisodeResult:
     final_on_target: bool  # on the goal at the end
     final_nearest: str     # colour of the nearest target at the end
     final_distance: float  # m
+    success_time: float | None = None  # s into the episode when the dwell was complete
 
 
 def run_policy_episode(world: World, camera: Camera, chunk_fn: Callable[[np.ndarray, np.ndarray, str], np.ndarray],
                        instruction: str, colour: str, *, seconds: float = 5.0, n_action_steps: int = 8,
                        dt: float = ACTION_DT, dwell: float = 0.5,
-                       switch: tuple[float, str, str] | None = None) -> EpisodeResult:
+                       switch: tuple[float, str, str] | None = None, hold: float = 0.0) -> EpisodeResult:
     """Closed loop in process: ``chunk_fn(image, state, instruction) -> (C, dof)`` every ``n_action_steps``.
 
     ``switch=(time, instruction, colour)`` changes the instruction (and the goal) mid-episode.
-    The episode ends after ``seconds`` or once the goal was held for ``dwell`` seconds.
+    The episode ends after ``seconds``, or ``hold`` seconds after the goal was held for ``dwell`` seconds
+    (success; ``final_on_target`` then says whether the arm stayed).
     """
-    t, on_since, reached = 0.0, None, False
+    t, on_since, reached, success_at = 0.0, None, False, None
     queue: list[np.ndarray] = []
-    while t < seconds:
+    def running() -> bool:
+        return t < seconds if success_at is None else t < success_at + hold - 1e-9
+
+    while running():
         if switch is not None and t >= switch[0] and colour != switch[2]:
             instruction, colour, queue, on_since, reached = switch[1], switch[2], [], None, False
         if not queue:
@@ -113,10 +118,10 @@ def run_policy_episode(world: World, camera: Camera, chunk_fn: Callable[[np.ndar
         if world.on_target(colour):
             reached = True
             on_since = t if on_since is None else on_since
-            if t - on_since >= dwell:
-                break
+            if success_at is None and t - on_since >= dwell:
+                success_at = t
         else:
             on_since = None
     nearest, _ = world.nearest_target()
-    return EpisodeResult(on_since is not None and t - on_since >= dwell, reached, world.on_target(colour),
-                         nearest, world.distance_to(colour))
+    return EpisodeResult(success_at is not None, reached, world.on_target(colour), nearest, world.distance_to(colour),
+                         success_at)

@@ -154,11 +154,13 @@ class EpisodeDriver:
 
     def run_episode(self, seed: int, colour: str, instruction: str, timeout: float,
                     switch: tuple[float, str, str] | None = None,
-                    on_tick: Callable[[dict], None] | None = None, stop_on_success: bool = True) -> EpisodeOutcome:
+                    on_tick: Callable[[dict], None] | None = None, stop_on_success: bool = True,
+                    hold: float = 0.0) -> EpisodeOutcome:
         """One episode: reset with ``seed`` and goal ``colour``, say ``instruction``, run until success or timeout.
 
         ``switch=(t, instruction, colour)`` says a new instruction once the episode's sim time reaches ``t``;
-        then success is judged on the new colour.
+        then success is judged on the new colour. ``hold``: after success, keep running this many seconds of
+        sim time (the policy keeps acting) so that ``final_on_target`` says whether the arm *stays* there.
         """
         episode = (self.status or {}).get("episode", 0) + 1
         self.reset_pub.publish(self._String(data=json.dumps({"seed": seed, "target": colour})))
@@ -166,7 +168,7 @@ class EpisodeDriver:
         if not self.spin_until(lambda: self.status and self.status["episode"] >= episode
                                and self.status["goal"] == colour, 10.0):
             raise TimeoutError("the world did not acknowledge the reset")
-        goal, switched, start = colour, False, time.monotonic()
+        goal, switched, start, done_at = colour, False, time.monotonic(), None
         while True:
             self.spin_for(0.05)
             st = self.status
@@ -177,8 +179,12 @@ class EpisodeDriver:
                 st = self.status
             if on_tick is not None:
                 on_tick(st)
-            done = st["success"] and st["goal"] == goal and (switch is None or switched)
-            if (done and stop_on_success) or st["time"] >= timeout or time.monotonic() - start > 3 * timeout + 10:
+            if done_at is None and st["success"] and st["goal"] == goal and (switch is None or switched) \
+                    and st["time"] <= timeout:
+                done_at = st["time"]
+            done = done_at is not None
+            if (done and stop_on_success and st["time"] >= done_at + hold) or (not done and st["time"] >= timeout) \
+                    or st["time"] >= timeout + hold or time.monotonic() - start > 3 * (timeout + hold) + 10:
                 break
         return EpisodeOutcome(seed=seed, goal=goal, instruction=self.instruction, success=bool(done),
                               reached=bool(st["reached"] and st["goal"] == goal),

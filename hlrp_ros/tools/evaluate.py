@@ -13,7 +13,8 @@ Conditions (each ``--episodes`` episodes, random layouts from ``--seed``):
   blind    the language-blind model (trained with the colour withheld) given the colour-free
            instruction; success = the episode's task target reached.
 Success: the end effector stays within the success radius of the goal for the dwell time before the
-timeout (sim time). "ends on target": on the goal when the episode ends.
+timeout (sim time). "ends on target": on the goal when the episode ends, ``--hold`` s of sim time after
+the success (the policy keeps acting), so an arm that reaches the target and drifts off does not count.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def run_ros(args: argparse.Namespace, checkpoint: Path, conditions: list[str]) -
                 plan = plan_episode(condition, args.seed, i, args.switch_time)
                 timeout = args.timeout + (plan["switch"][0] if plan["switch"] else 0.0)
                 outcome = asdict(driver.run_episode(plan["seed"], plan["colour"], plan["instruction"], timeout,
-                                                    switch=plan["switch"]))
+                                                    switch=plan["switch"], hold=args.hold))
                 st = driver.status
                 task_pos = st["targets"].get(plan["task"])
                 outcome["task"] = plan["task"]
@@ -144,9 +145,9 @@ def run_inprocess(args: argparse.Namespace, checkpoint: Path, conditions: list[s
             world.reset(seed=plan["seed"])
             timeout = args.timeout + (plan["switch"][0] if plan["switch"] else 0.0)
             r = run_policy_episode(world, camera, chunk_fn, plan["instruction"], plan["colour"], seconds=timeout,
-                                   n_action_steps=policy.config.n_action_steps, switch=plan["switch"])
+                                   n_action_steps=policy.config.n_action_steps, switch=plan["switch"], hold=args.hold)
             results[condition].append({"success": r.success, "reached": r.reached, "final_on_target": r.final_on_target,
-                                       "final_nearest": r.final_nearest, "success_time": None, "task": plan["task"],
+                                       "final_nearest": r.final_nearest, "success_time": r.success_time, "task": plan["task"],
                                        "task_distance": world.distance_to(plan["task"]), "final_distance": r.final_distance,
                                        "goal": plan["colour"]})
     return results
@@ -160,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated subset of {','.join(CONDITIONS)}")
     parser.add_argument("--episodes", type=int, default=100, help="episodes per condition")
     parser.add_argument("--timeout", type=float, default=8.0, help="episode length limit (sim s)")
+    parser.add_argument("--hold", type=float, default=2.0,
+                        help="sim s to keep running after a success before judging 'ends on target'")
     parser.add_argument("--switch-time", type=float, default=1.0, help="sim s into the episode of the switch")
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--ready-timeout", type=float, default=120.0)
