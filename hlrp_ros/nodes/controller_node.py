@@ -22,7 +22,7 @@ from hlrp_ros.control.executor import ChunkExecutor
 from hlrp_ros.control.limits import JointLimits, SafetyFilter, limit_path
 from hlrp_ros.control.watchdog import OutputState, StateTracker, Watchdog
 from hlrp_ros.diagnostics import ERROR, OK, WARN, ReasonThrottle, make_array, make_status
-from hlrp_ros.nodes import ParameterError, ParamSpec, declare_parameters
+from hlrp_ros.nodes import ParameterError, ParamSpec, declare_parameters, spin_until_shutdown
 
 OUTPUT_MODES = ("joint_state", "float64_array", "joint_trajectory")
 
@@ -335,10 +335,8 @@ def main(args=None) -> int:
             else:
                 node.trigger_activate()
         if code == 0:
-            rclpy.spin(node)
-    except KeyboardInterrupt:
-        pass
-    except rclpy.executors.ExternalShutdownException:
+            spin_until_shutdown(node)
+    except KeyboardInterrupt:  # during start-up
         pass
     finally:
         node.destroy_node()

@@ -34,11 +34,11 @@ import time
 import numpy as np
 import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray, String
 
+from hlrp_ros.nodes import spin_until_shutdown
 from hlrp_ros.sim.language import parse_colour
 from hlrp_ros.sim.render import Camera
 from hlrp_ros.sim.world import COLOURS, World, WorldSpec
@@ -213,8 +213,8 @@ def main(args: list[str] | None = None) -> int:
     node = None
     try:
         node = DemoSim()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
+        spin_until_shutdown(node)
+    except KeyboardInterrupt:  # during start-up
         pass
     finally:
         if node is not None:

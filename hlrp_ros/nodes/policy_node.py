@@ -25,14 +25,14 @@ from pathlib import Path
 import numpy as np
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 
 from hlrp_ros.chunk_codec import encode_chunk, time_to_ns
 from hlrp_ros.control.ticks import TickGate
 from hlrp_ros.diagnostics import OK, WARN, ReasonThrottle, make_array, make_status
-from hlrp_ros.nodes import ParameterError, ParamSpec, declare_parameters
+from hlrp_ros.nodes import ParameterError, ParamSpec, declare_parameters, spin_until_shutdown
 from hlrp_ros.ros_image import BACKENDS, ImageConverter, ImageError
 
 PARAMS = (
@@ -386,13 +386,11 @@ def main(args=None) -> int:
     node = None
     try:
         node = PolicyNode()
-        executor = MultiThreadedExecutor(num_threads=3)
-        executor.add_node(node)
-        executor.spin()
+        spin_until_shutdown(node, MultiThreadedExecutor(num_threads=3))
     except ParameterError as exc:
         rclpy.logging.get_logger("policy_node").fatal(str(exc))
         return 1
-    except (KeyboardInterrupt, ExternalShutdownException):
+    except KeyboardInterrupt:  # during start-up
         pass
     finally:
         if node is not None:
