@@ -124,7 +124,7 @@ def spin_until_shutdown(node, executor=None) -> None:
 
     A SIGINT that lands while the executor is building its wait set surfaces as ``RCLError`` ("the given
     context is not valid") instead of ``ExternalShutdownException``; once the context is shut down that
-    is the same clean exit (it made the policy node exit 1 at the end of one in ~400 evaluation runs).
+    is the same clean exit (it made the policy node exit 1 at the end of one of five evaluation runs).
     """
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
