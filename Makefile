@@ -22,6 +22,7 @@ demo: setup
 bench: setup
 	@$(RUN) python benchmarks/bench_model.py
 	@$(RUN) python benchmarks/bench_nodes.py
+	@$(RUN) python benchmarks/bench_demo_policy.py
 
 clean:
 	rm -rf build install log .pytest_cache
