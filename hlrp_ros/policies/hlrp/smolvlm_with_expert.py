@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 from transformers import AutoModel, SmolVLMConfig, SmolVLMForConditionalGeneration
+from transformers.activations import ACT2FN
 
 
 def get_intermediate_size(hidden_dim: int, ffn_dim_multiplier: int = 4, multiple_of: int = 256) -> int:
@@ -151,24 +152,22 @@ class PackedLinears:
     any in-place update (optimizer step, ``load_state_dict``) or move repacks it. Autograd calls (grad
     enabled and a tensor requiring grad), non-CPU tensors, or a CPU without oneDNN use the module itself.
 
-    A call can also fuse what follows the matmul into oneDNN's epilogue: an activation (``act``, a key of
-    :attr:`FUSED_ACTIVATIONS`) or a residual add (``residual``), so the output is written once instead of
-    being re-read by a separate elementwise kernel (SigLIP's 1024x3072 GELU alone is ~5 % of a prefix).
+    A call can also apply what follows the matmul: an activation (``act``, a transformers ``hidden_act``
+    name) or a residual add (``residual``). Where oneDNN has it (:attr:`FUSED_ACTIVATIONS`, the add) it
+    runs in the matmul's epilogue, so the output is written once instead of being re-read by a separate
+    elementwise kernel (SigLIP's 1024x3072 GELU alone is ~5 % of a prefix).
     """
 
     #: Weights smaller than this many elements run through the module (packing does not pay off there).
     MIN_WEIGHT_NUMEL = 1 << 15
 
-    #: transformers ``hidden_act`` names -> (oneDNN post-op, its algorithm, the same function unfused).
-    FUSED_ACTIVATIONS = {
-        "gelu_pytorch_tanh": ("gelu", "tanh", lambda y: F.gelu(y, approximate="tanh")),
-        "gelu": ("gelu", "none", F.gelu),
-        "silu": ("swish", "", F.silu),
-    }
+    #: transformers ``hidden_act`` names oneDNN can fuse -> (its post-op, the post-op's algorithm).
+    FUSED_ACTIVATIONS = {"gelu_pytorch_tanh": ("gelu", "tanh"), "gelu": ("gelu", "none"), "silu": ("swish", "")}
 
     def __init__(self) -> None:
         self.enabled = torch.backends.mkldnn.is_available()
         self._cache: dict[int, tuple[tuple[int, int, torch.dtype], Tensor]] = {}
+        self._activations: dict[str, nn.Module] = {}  # hidden_act name -> the function the modules use
 
     def clear(self) -> None:
         """Drops every packed weight (frees their memory)."""
@@ -180,7 +179,7 @@ class PackedLinears:
         Args:
             module: The linear layer.
             x: ``(..., in_features)`` input.
-            act: A key of :attr:`FUSED_ACTIVATIONS` applied to the output, or None.
+            act: A transformers ``hidden_act`` name applied to the output (``ACT2FN``), or None.
             residual: Added to the output (same shape), or None. Not combined with ``act``.
         """
         if act is not None and residual is not None:
@@ -207,15 +206,22 @@ class PackedLinears:
             self._cache[id(module)] = entry
         if residual is not None:
             return torch.ops.mkldnn._linear_pointwise.binary(x, residual.contiguous(), entry[1], module.bias, "add")
-        attr, algorithm, _ = self.FUSED_ACTIVATIONS[act] if act is not None else ("none", "", None)
-        return torch.ops.mkldnn._linear_pointwise(x, entry[1], module.bias, attr, [], algorithm)
+        if act is None or act in self.FUSED_ACTIVATIONS:
+            attr, algorithm = self.FUSED_ACTIVATIONS[act] if act is not None else ("none", "")
+            return torch.ops.mkldnn._linear_pointwise(x, entry[1], module.bias, attr, [], algorithm)
+        return self._activation(act)(torch.ops.mkldnn._linear_pointwise(x, entry[1], module.bias, "none", [], ""))
 
     def _unfused(self, module: nn.Linear, x: Tensor, act: str | None, residual: Tensor | None) -> Tensor:
         """The same result through the module and separate kernels (autograd, GPU, no oneDNN)."""
         y = module(x)
         if act is not None:
-            y = self.FUSED_ACTIVATIONS[act][2](y)
+            y = self._activation(act)(y)
         return y if residual is None else y + residual
+
+    def _activation(self, name: str) -> nn.Module:
+        if name not in self._activations:
+            self._activations[name] = ACT2FN[name]
+        return self._activations[name]
 
 
 @dataclass
@@ -332,7 +338,7 @@ class SmolVLMWithExpertModel(nn.Module):
         self.legacy_vision_position_ids = legacy_vision_position_ids
         #: Prepacked-weight linears for inference (``self.linear.enabled = False`` turns them off).
         self.linear = PackedLinears()
-        # Activation names, to fuse them into the preceding matmul (the expert shares the text config's).
+        # Activation names, applied (fused where oneDNN can) by ``self.linear``; the expert shares the text's.
         self.vision_act = config.vision_config.hidden_act
         self.text_act = text_cfg.hidden_act
         self._vision_pos_cache: dict[tuple[int, int, str], Tensor] = {}
@@ -450,11 +456,7 @@ class SmolVLMWithExpertModel(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, scale=attn.scale).transpose(1, 2).reshape(b, n_tok, -1)
         hidden = lin(attn.out_proj, out, residual=hidden)
         mlp = layer.mlp
-        normed = layer.layer_norm2(hidden)
-        if self.vision_act in PackedLinears.FUSED_ACTIVATIONS:
-            inner = lin(mlp.fc1, normed, act=self.vision_act)
-        else:
-            inner = mlp.activation_fn(lin(mlp.fc1, normed))
+        inner = lin(mlp.fc1, layer.layer_norm2(hidden), act=self.vision_act)
         return lin(mlp.fc2, inner, residual=hidden)
 
     def embed_language_tokens(self, tokens: Tensor) -> Tensor:
@@ -475,10 +477,7 @@ class SmolVLMWithExpertModel(nn.Module):
         attn_out = attn_out.to(layer.self_attn.o_proj.weight.dtype)
         hidden = lin(layer.self_attn.o_proj, attn_out, residual=residual)
         normed = rms_norm(layer.post_attention_layernorm, hidden)
-        if self.text_act in PackedLinears.FUSED_ACTIVATIONS:
-            gate = lin(mlp.gate_proj, normed, act=self.text_act)
-        else:
-            gate = mlp.act_fn(lin(mlp.gate_proj, normed))
+        gate = lin(mlp.gate_proj, normed, act=self.text_act)
         return lin(mlp.down_proj, gate * lin(mlp.up_proj, normed), residual=hidden)
 
     def _cross_kv(self, expert_layer: nn.Module, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
