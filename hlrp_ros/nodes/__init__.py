@@ -119,8 +119,8 @@ def describe_parameters(specs: Sequence[ParamSpec]) -> str:
     return "\n".join(rows)
 
 
-def spin_until_shutdown(node, executor=None) -> None:
-    """Spin ``node`` (on ``executor``, default single-threaded) until Ctrl-C or an external shutdown.
+def spin_until_shutdown(node) -> None:
+    """Spin ``node`` on a single-threaded executor until Ctrl-C or an external shutdown.
 
     A SIGINT that lands while the executor is building its wait set surfaces as ``RCLError`` ("the given
     context is not valid") instead of ``ExternalShutdownException``; once the context is shut down that
@@ -128,7 +128,7 @@ def spin_until_shutdown(node, executor=None) -> None:
     """
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
-    executor = executor or SingleThreadedExecutor(context=node.context)
+    executor = SingleThreadedExecutor(context=node.context)
     executor.add_node(node)
     try:
         executor.spin()

@@ -86,8 +86,8 @@ class Batcher:
         # Never replaced: the colour words, the trailing newline, and special tokens (ids below the first word).
         self.protected = torch.tensor(tokenizer.convert_tokens_to_ids([*COLOURS, "\n"]), dtype=torch.long)
         self.first_word_id = len(tokenizer.all_special_ids)
-        self.vocab_words = np.array([i for i in range(self.first_word_id, len(tokenizer))
-                                     if i not in set(self.protected.tolist())])
+        protected = set(self.protected.tolist())
+        self.vocab_words = np.array([i for i in range(self.first_word_id, len(tokenizer)) if i not in protected])
 
     def __len__(self) -> int:
         return len(self.states)
