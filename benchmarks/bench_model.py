@@ -19,10 +19,14 @@ For each preset and dtype it reports, on random weights and one camera at the pr
                  the same run, interleaved with the model timings
 * best           fastest chunk and its share of the fp32 ceiling (robust to load from other processes)
 
+Host memory is set up as the policy node does (``tune_host_memory``): large tensors on transparent huge
+pages, freed memory kept by glibc (no page faults at steady state). ``--default-malloc`` and
+``THP_MEM_ALLOC_ENABLE=0`` measure without them.
+
 Times are medians. Usage (repository root; `make bench` runs the defaults)::
 
     env/run.sh python benchmarks/bench_model.py [--presets tiny smolvla-base] [--dtypes float32 bfloat16]
-        [--threads 2 1] [--repeats-tiny 30] [--repeats-base 5] [--compare-plain]
+        [--threads 2 1] [--repeats-tiny 30] [--repeats-base 5] [--compare-plain] [--default-malloc]
 """
 
 from __future__ import annotations
@@ -33,14 +37,18 @@ import statistics
 import time
 from collections.abc import Callable
 
-import numpy as np
-import torch
-from torch.utils.flop_counter import FlopCounterMode
+from hlrp_ros.allocator import keep_freed_memory, request_huge_pages
 
-from hlrp_ros.policies.base import Observation
-from hlrp_ros.policies.common import flow_matching
-from hlrp_ros.policies.hlrp.modeling_hlrp import HLRPPolicy
-from hlrp_ros.policies.hlrp.presets import make_config
+HUGE_PAGES = request_huge_pages()  # before torch allocates anything: PyTorch reads the switch once
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from hlrp_ros.policies.base import Observation  # noqa: E402
+from hlrp_ros.policies.common import flow_matching  # noqa: E402
+from hlrp_ros.policies.hlrp.modeling_hlrp import HLRPPolicy  # noqa: E402
+from hlrp_ros.policies.hlrp.presets import make_config  # noqa: E402
 
 CEILING_N = 2048
 
@@ -167,9 +175,14 @@ def main() -> None:
     parser.add_argument("--compare-plain", action="store_true", help="also run without prepacked linears")
     parser.add_argument("--repeats-tiny", type=int, default=30)
     parser.add_argument("--repeats-base", type=int, default=5)
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc defaults (the policy node keeps freed memory, as here by default); "
+                             "THP_MEM_ALLOC_ENABLE=0 in the environment likewise keeps 4 KiB pages")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    malloc = "glibc defaults" if args.default_malloc else keep_freed_memory().reason
     print(f"torch {torch.__version__}, ceiling: {CEILING_N}^3 matmul (best of 5, measured between model timings)")
+    print(f"host memory: {malloc}; huge pages: {HUGE_PAGES.reason}")
     header = (f"{'preset':13} {'dtype':8} {'linears':8} {'thr':>3} {'params':>7} {'prefix':>9} {'step':>8} "
               f"{'chunk':>9} {'uncached':>9} {'ratio':>5} {'floor':>5} {'no-cache':>9} {'ratio':>5} {'GFLOP':>7} {'GFLOP/s':>8} {'ceil32':>7} {'%ceil32':>7} "
               f"{'ceil16':>7} {'%ceil16':>7} {'n':>3} {'best':>9} {'%ceil32':>7}")

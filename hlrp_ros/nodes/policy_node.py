@@ -32,6 +32,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 
+from hlrp_ros.allocator import keep_freed_memory, request_huge_pages
 from hlrp_ros.chunk_codec import encode_chunk, time_to_ns
 from hlrp_ros.control.ticks import TickGate
 from hlrp_ros.diagnostics import OK, WARN, ReasonThrottle, make_array, make_status
@@ -72,6 +73,9 @@ PARAMS = (
               "tokenising (then truncated to the tokenizer limit), with a warning.", minimum=1),
     ParamSpec("seed", -1, "Seed of the denoising noise (-1: random).", minimum=-1),
     ParamSpec("torch_threads", 0, "torch.set_num_threads (0: torch's default).", minimum=0, maximum=256),
+    ParamSpec("tune_host_memory", True, "CPU inference: back large tensors with transparent huge pages and keep "
+              "freed memory in the process (no page faults at steady state; the process keeps its peak memory). "
+              "Huge pages need torch not yet imported in this process (else set THP_MEM_ALLOC_ENABLE=1)."),
     ParamSpec("diagnostics_period", 1.0, "Seconds between /diagnostics messages.", minimum=0.05, maximum=60.0),
 )
 
@@ -97,6 +101,8 @@ class PolicyNode(Node):
         super().__init__(node_name, **kwargs)
         self.params = declare_parameters(self, PARAMS)
         self._validate_static()
+        if self.params["tune_host_memory"]:  # huge pages must be requested before torch is imported
+            self.get_logger().info(f"huge pages: {request_huge_pages().reason}")
         self.reject = ReasonThrottle(self.get_logger().warning)
         self.warn_once = ReasonThrottle(self.get_logger().warning, period=float("inf"))
         try:
@@ -104,6 +110,8 @@ class PolicyNode(Node):
         except RuntimeError as exc:
             raise ParameterError("image_backend", str(exc)) from exc
         self._load_policy()
+        if self.params["tune_host_memory"]:
+            self.get_logger().info(f"host memory: {keep_freed_memory().reason}")
         self.latest: dict[str, tuple[object, int]] = {}  # topic -> (message, receive time ns)
         self.chunk_id = 0
         self.published = 0
