@@ -11,7 +11,7 @@ that both return the same actions. Prints the medians and ``ours / LeRobot``.
 Usage (repository root, project venv; needs the LeRobot venv for the other worker)::
 
     .venv/bin/python benchmarks/bench_lerobot.py [--lerobot-python /work/lerobot-venv/bin/python]
-        [--requests 15] [--threads 1] [--size small|tiny]
+        [--requests 15] [--threads 1] [--size small|base|tiny]
 """
 
 from __future__ import annotations
@@ -41,6 +41,16 @@ SIZES = {
         vlm=dict(text_layers=8, hidden=256, heads=4, kv_heads=2, vision_layers=4, vision_hidden=192, vision_heads=3,
                  image_size=128, patch_size=16, scale_factor=2),
     ),
+    # SmolVLA's real sizes (our smolvla-base preset): SmolVLM2-500M's layers truncated to 16, one 512x512 camera.
+    "base": dict(
+        policy=dict(chunk_size=50, n_action_steps=50, max_state_dim=32, max_action_dim=32,
+                    resize_imgs_with_padding=[512, 512], tokenizer_max_length=48, num_vlm_layers=16,
+                    num_expert_layers=-1, self_attn_every_n_layers=2, expert_width_multiplier=0.75, num_steps=10),
+        vlm=dict(text_layers=16, hidden=960, heads=15, kv_heads=5, intermediate=2560, vision_layers=12,
+                 vision_hidden=768, vision_intermediate=3072, vision_heads=12, image_size=512, patch_size=16,
+                 scale_factor=4),
+        cameras={"top": (512, 512)},
+    ),
     "tiny": dict(
         policy=dict(chunk_size=10, n_action_steps=10, max_state_dim=32, max_action_dim=32,
                     resize_imgs_with_padding=[32, 32], tokenizer_max_length=16, num_vlm_layers=4, num_steps=10),
@@ -63,7 +73,14 @@ def _load_fixture_module():
 
 
 def worker(kind: str, ckpt: Path, threads: int) -> None:
-    """Serves chunk requests on stdin/stdout with LeRobot ("lerobot") or our loader ("hlrp")."""
+    """Serves chunk requests on stdin/stdout with LeRobot ("lerobot") or our loader ("hlrp").
+
+    Both workers get the policy node's host-memory settings (huge pages, freed memory kept), so the
+    comparison is about the model code alone.
+    """
+    from hlrp_ros.allocator import keep_freed_memory, request_huge_pages
+
+    request_huge_pages()  # before torch is imported
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -90,6 +107,7 @@ def worker(kind: str, ckpt: Path, threads: int) -> None:
                               state=req["state"][0].numpy(), instruction=TASK)
             return policy.predict_action_chunk(obs, noise=req["noise"][0])
 
+    keep_freed_memory()
     print("ready", file=proto, flush=True)
     for line in sys.stdin:
         request, reply = line.split()
@@ -150,8 +168,10 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        spec = dict(SIZES[args.size], seed=0, norm_map={"VISUAL": "IDENTITY", "STATE": "MEAN_STD", "ACTION": "MEAN_STD"},
-                    cameras={k: list(v) for k, v in CAMERAS.items()}, state_dim=6, action_dim=6, cases=[], step_counts=[])
+        size = dict(SIZES[args.size])
+        cameras = size.pop("cameras", CAMERAS)
+        spec = dict(size, seed=0, norm_map={"VISUAL": "IDENTITY", "STATE": "MEAN_STD", "ACTION": "MEAN_STD"},
+                    cameras={k: list(v) for k, v in cameras.items()}, state_dim=6, action_dim=6, cases=[], step_counts=[])
         (root / "spec.json").write_text(json.dumps(spec))
         subprocess.run([args.lerobot_python, str(FIXTURE_SCRIPT), "--spec", str(root / "spec.json"),
                         "--out", str(root / "gen")], check=True, capture_output=True, cwd=REPO)
@@ -166,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for i in range(args.requests + 2):
                 req = {f"observation.images.{k}": torch.from_numpy(rng.integers(0, 256, (1, h, w, 3), dtype=np.uint8))
-                       for k, (h, w) in CAMERAS.items()}
+                       for k, (h, w) in cameras.items()}
                 req["state"] = torch.from_numpy(rng.normal(size=(1, 6)).astype(np.float32))
                 req["noise"] = torch.randn(1, cfg["chunk_size"], cfg["max_action_dim"], generator=torch.Generator().manual_seed(i))
                 save_file(req, str(root / "req.safetensors"))
@@ -183,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
                 w.close()
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"checkpoint: {args.size} SmolVLA, {n_params / 1e6:.1f}M parameters, chunk {cfg['chunk_size']} x "
-          f"{cfg['max_action_dim']}, {cfg['num_steps']} denoising steps, 2 cameras 480x640 -> "
+          f"{cfg['max_action_dim']}, {cfg['num_steps']} denoising steps, "
+          f"{len(cameras)} camera(s) {', '.join(f'{h}x{w}' for h, w in cameras.values())} -> "
           f"{cfg['resize_imgs_with_padding'][1]}x{cfg['resize_imgs_with_padding'][0]}")
     print(f"machine: {os.cpu_count()} CPU cores, torch threads per worker: {args.threads}; "
           f"{args.requests} interleaved requests per worker after 2 warm-ups")

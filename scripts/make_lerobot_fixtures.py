@@ -102,8 +102,13 @@ CORPUS = [
 def write_tiny_vlm(vlm_dir: Path, vocab_size: int = 320, text_layers: int = 4, hidden: int = 64,
                    heads: int = 4, kv_heads: int = 2, vision_layers: int = 2, vision_hidden: int = 32,
                    vision_heads: int = 2, image_size: int = 32, patch_size: int = 8,
-                   scale_factor: int = 2) -> None:
-    """Write a tiny SmolVLM config and a SmolVLM processor (BPE tokenizer) into ``vlm_dir``."""
+                   scale_factor: int = 2, intermediate: int | None = None,
+                   vision_intermediate: int | None = None) -> None:
+    """Write a SmolVLM config (tiny by default) and a SmolVLM processor (BPE tokenizer) into ``vlm_dir``.
+
+    ``intermediate`` / ``vision_intermediate`` default to twice the hidden sizes; the tokenizer is always the
+    tiny one (the vocabulary size changes no compute of a policy, only its embedding table).
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import (
         PreTrainedTokenizerFast,
@@ -152,7 +157,7 @@ def write_tiny_vlm(vlm_dir: Path, vocab_size: int = 320, text_layers: int = 4, h
             "model_type": "llama",
             "vocab_size": len(fast),
             "hidden_size": hidden,
-            "intermediate_size": 2 * hidden,
+            "intermediate_size": intermediate or 2 * hidden,
             "num_hidden_layers": text_layers,
             "num_attention_heads": heads,
             "num_key_value_heads": kv_heads,
@@ -165,7 +170,7 @@ def write_tiny_vlm(vlm_dir: Path, vocab_size: int = 320, text_layers: int = 4, h
         },
         vision_config={
             "hidden_size": vision_hidden,
-            "intermediate_size": 2 * vision_hidden,
+            "intermediate_size": vision_intermediate or 2 * vision_hidden,
             "num_hidden_layers": vision_layers,
             "num_attention_heads": vision_heads,
             "image_size": image_size,
