@@ -165,7 +165,6 @@ def bench(preset: str, dtype: str, repeats: int, prepack: bool = True) -> dict[s
         "gflop": flops / 1e9,
         "gflops": achieved,
         "ceil32": med(ceilings32),
-        "ceil32_max": max(ceilings32),
         "ceil16": max(ceilings16),
         "eff32": med(flops / c / 1e9 / ceiling for c, ceiling in pairs),
         "eff32_vs_max": achieved / max(ceilings32),

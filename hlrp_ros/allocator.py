@@ -88,8 +88,8 @@ def request_huge_pages(thp_mode_file: Path = THP_MODE) -> HostMemorySetting:
     Refuses, changing nothing, when the kernel has transparent huge pages off or torch is already
     imported (its allocator may have read the switch; set the variable in the environment instead).
     """
-    if os.environ.get(THP_ENV) is not None:
-        value = os.environ[THP_ENV]
+    value = os.environ.get(THP_ENV)
+    if value is not None:
         return HostMemorySetting(value == "1", f"{THP_ENV}={value} set by the environment")
     try:
         mode = thp_mode_file.read_text()

@@ -22,7 +22,7 @@ glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc
 def run_python(code: str, env: dict[str, str] | None = None) -> str:
     """Runs ``code`` in a fresh interpreter with this one's import path; returns its stdout."""
     full_env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **(env or {})}
-    full_env.pop("THP_MEM_ALLOC_ENABLE", None)
+    full_env.pop(allocator.THP_ENV, None)
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full_env, capture_output=True,
                           text=True, timeout=120, check=True)
     return done.stdout.strip()
