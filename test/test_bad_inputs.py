@@ -143,6 +143,38 @@ def test_stale_observation(policy, capfd):
     assert_rejected(policy, capfd, "s old (max_observation_age 5 s)")
 
 
+def test_observation_stamped_in_the_future(policy, capfd):
+    feed(policy, age=-30.0)
+    assert_rejected(policy, capfd, "s in the future (more than max_observation_age 5 s): are the clocks synchronised")
+
+
+def test_an_input_arriving_during_a_tick_waits_for_the_next_one(policy, monkeypatch):
+    """The subscriptions run on the executor thread while the inference thread gathers its inputs.
+    Inputs that land just after the tick read the clock must not become this chunk's observation:
+    the chunk would be stamped after its first action is due."""
+    from hlrp_ros.chunk_codec import time_to_ns
+
+    feed(policy, age=0.01)
+    clock = policy.get_clock()
+
+    class ClockWithLateArrival:
+        def now(self):
+            monkeypatch.setattr(policy, "get_clock", lambda: clock)  # one late arrival is enough
+            read = clock.now()
+            late = read.nanoseconds + 1_000_000
+            policy._keeper(TOP)(camera_image(late))
+            policy._keeper(WRIST)(compressed_image(late))
+            policy._keeper(JS)(joint_state(late, list(JOINTS), [0.3, 0.4]))
+            return read
+
+    sent = []
+    monkeypatch.setattr(policy, "get_clock", ClockWithLateArrival)
+    monkeypatch.setattr(policy.chunk_pub, "publish", sent.append)
+    assert policy.infer_once() is True
+    stamp, due = time_to_ns(sent[0].header.stamp), time_to_ns(sent[0].first_action_time)
+    assert stamp <= due
+
+
 def test_huge_instruction_truncated_with_warning(policy, capfd):
     from hlrp_ros.msg import ActionChunk
 
@@ -227,6 +259,11 @@ def test_chunk_nan_values(controller, capfd):
 def test_chunk_stale_on_arrival(controller, capfd):
     msg = chunk_msg(controller, age=5.0, start_offset=5.0)
     assert_chunk_rejected(controller, capfd, msg, "rejected stale ActionChunk 1: observation 5.0")
+
+
+def test_chunk_stamped_in_the_future(controller, capfd):
+    msg = chunk_msg(controller, age=-30.0)
+    assert_chunk_rejected(controller, capfd, msg, "s in the future (more than max_chunk_age 1 s): are the clocks")
 
 
 def test_chunk_already_run_out_on_arrival(controller, capfd):

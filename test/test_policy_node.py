@@ -199,7 +199,7 @@ def test_joint_states_are_reordered_by_name(checkpoint, rclpy_context):
     try:
         now = node.get_clock().now().nanoseconds
         node.latest["/hlrp_test/joint_states"] = (joint_state(now, ["x", "elbow", "shoulder"], [9.0, 2.0, 1.0]), now)
-        state, _ = node._state(now)
+        state, _ = node._state(node.latest, now)
         np.testing.assert_array_equal(state, [1.0, 2.0])
     finally:
         node.destroy_node()

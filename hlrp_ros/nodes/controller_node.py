@@ -45,7 +45,8 @@ PARAMS = (
               minimum=0.001, maximum=3600.0),
     ParamSpec("on_timeout", "hold", "When the chunk ran out or the watchdog tripped: hold the last safe command "
               "(keep publishing it) or stop publishing.", choices=("hold", "stop")),
-    ParamSpec("max_chunk_age", 2.0, "A chunk whose observation is older than this on arrival is stale (s); "
+    ParamSpec("max_chunk_age", 2.0, "A chunk whose observation is older than this on arrival (or stamped this "
+              "far in the future) is rejected (s); "
               "must exceed the policy's inference latency plus its max_observation_age.",
               minimum=0.0, maximum=3600.0),
     ParamSpec("position_limits_lower", [], "Lowest position per joint (empty: unlimited).", item_type=float),
@@ -203,6 +204,11 @@ class ControllerNode(LifecycleNode):
             return
         timed = TimedChunk(chunk.chunk_id, chunk.first_action_ns * 1e-9, chunk.dt, chunk.actions, chunk.stamp_ns * 1e-9)
         age = now - timed.stamp
+        if -age > self.params["max_chunk_age"]:  # the policy's clock runs ahead of ours: ages mean nothing
+            self.reject("chunk_future", f"rejected ActionChunk {chunk.chunk_id}: observation stamped {-age:.3f} s "
+                                        f"in the future (more than max_chunk_age {self.params['max_chunk_age']:g} "
+                                        f"s): are the clocks synchronised (or use_sim_time set alike)?")
+            return
         if age > self.params["max_chunk_age"] or timed.end <= now:
             self.reject("chunk_stale", f"rejected stale ActionChunk {chunk.chunk_id}: observation {age:.3f} s old "
                                        f"(max_chunk_age {self.params['max_chunk_age']:g} s), last action due "

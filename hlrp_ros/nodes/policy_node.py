@@ -61,8 +61,8 @@ PARAMS = (
     ParamSpec("num_steps", 0, "Denoising steps (0: the checkpoint's num_steps).", minimum=0, maximum=1000),
     ParamSpec("n_action_steps", 0, "Actions published per chunk (0: the checkpoint's n_action_steps).",
               minimum=0, maximum=100000),
-    ParamSpec("max_observation_age", 0.5, "Inputs older than this are stale and block inference (s).",
-              minimum=0.0, maximum=3600.0),
+    ParamSpec("max_observation_age", 0.5, "Inputs older than this, or stamped this far in the future (clocks out of "
+              "sync), block inference (s).", minimum=0.0, maximum=3600.0),
     ParamSpec("output_topic", "/action_chunk", "hlrp_ros/ActionChunk output."),
     ParamSpec("image_size_mismatch", "resize", "Image size different from the model's: resize with padding "
               "(the processor's documented behaviour; warned once per camera and size) or reject.",
@@ -225,20 +225,25 @@ class PolicyNode(Node):
         return keep
 
     # ----------------------------------------------------------------------------- inputs
-    def _fresh(self, topic: str, what: str, now_ns: int, stamped: bool = True):
-        entry = self.latest.get(topic)
+    def _fresh(self, latest: dict, topic: str, what: str, now_ns: int):
+        entry = latest.get(topic)
         if entry is None:
             raise InputRejected(f"missing_{topic}", f"no {what} received yet on {topic}")
         msg, received = entry
-        stamp = stamp_or(msg, received) if stamped else received
+        stamp = stamp_or(msg, received)
         age = (now_ns - stamp) * 1e-9
-        if age > self.params["max_observation_age"]:
+        limit = self.params["max_observation_age"]
+        if age > limit:
             raise InputRejected(f"stale_{topic}", f"{what} on {topic} is {age:.3f} s old "
-                                                  f"(max_observation_age {self.params['max_observation_age']:g} s)")
+                                                  f"(max_observation_age {limit:g} s)")
+        if -age > limit:  # the sender's clock runs ahead of ours: its ages mean nothing
+            raise InputRejected(f"future_{topic}", f"{what} on {topic} is stamped {-age:.3f} s in the future "
+                                                   f"(more than max_observation_age {limit:g} s): are the "
+                                                   f"clocks synchronised (or use_sim_time set alike)?")
         return msg, stamp
 
-    def _image(self, topic: str, camera: str, now_ns: int) -> tuple[np.ndarray, int]:
-        msg, stamp = self._fresh(topic, f"camera '{camera}' image", now_ns)
+    def _image(self, latest: dict, topic: str, camera: str, now_ns: int) -> tuple[np.ndarray, int]:
+        msg, stamp = self._fresh(latest, topic, f"camera '{camera}' image", now_ns)
         try:
             rgb = self.images.to_rgb(msg)
         except ImageError as exc:
@@ -256,9 +261,9 @@ class PolicyNode(Node):
                                                      f"the model's {model}; resizing with padding")
         return rgb, stamp
 
-    def _state(self, now_ns: int) -> tuple[np.ndarray, int]:
+    def _state(self, latest: dict, now_ns: int) -> tuple[np.ndarray, int]:
         topic = self.params["joint_states_topic"]
-        msg, stamp = self._fresh(topic, "joint state", now_ns)
+        msg, stamp = self._fresh(latest, topic, "joint state", now_ns)
         names = list(msg.name)
         if len(set(names)) != len(names):
             dupes = sorted({n for n in names if names.count(n) > 1})
@@ -276,9 +281,9 @@ class PolicyNode(Node):
             raise InputRejected("joint_nonfinite", f"joint state on {topic} has non-finite positions for {bad}")
         return state, stamp
 
-    def _instruction_text(self) -> str:
+    def _instruction_text(self, latest: dict) -> str:
         topic = self.params["instruction_topic"]
-        entry = self.latest.get(topic)
+        entry = latest.get(topic)
         if entry is None:
             raise InputRejected("instruction_missing", f"no instruction received yet on {topic}")
         text = entry[0].data
@@ -310,9 +315,9 @@ class PolicyNode(Node):
         except Exception:  # a tokenizer without offsets: report the text as sent
             return text
 
-    def _abstract_tokens(self) -> list[int] | None:
+    def _abstract_tokens(self, latest: dict) -> list[int] | None:
         topic = self.params["abstract_tokens_topic"]
-        entry = self.latest.get(topic) if topic else None
+        entry = latest.get(topic) if topic else None
         return None if entry is None else [int(v) for v in entry[0].data]
 
     # ----------------------------------------------------------------------------- inference
@@ -333,28 +338,32 @@ class PolicyNode(Node):
         self._inference_thread.shutdown(wait=True, cancel_futures=True)  # finish the running chunk
         super().destroy_node()
 
-    def gather(self, now_ns: int):
-        """Checked inputs: ``(Observation, oldest input stamp ns)``; InputRejected when one is unusable."""
+    def gather(self, latest: dict, now_ns: int):
+        """Checked inputs from the snapshot ``latest`` (topic -> (message, receive ns)), judged at ``now_ns``:
+        ``(Observation, oldest input stamp ns)``; InputRejected when one is unusable."""
         from hlrp_ros.policies.base import Observation
 
         p = self.params
-        instruction = self._instruction_text()
+        instruction = self._instruction_text(latest)
         images, stamps = {}, []
         for topic, camera in zip(p["camera_topics"], p["camera_names"]):
-            images[camera], stamp = self._image(topic, camera, now_ns)
+            images[camera], stamp = self._image(latest, topic, camera, now_ns)
             stamps.append(stamp)
-        state, stamp = self._state(now_ns)
+        state, stamp = self._state(latest, now_ns)
         stamps.append(stamp)
         obs = Observation(images=images, state=state, instruction=instruction,
-                          abstract_tokens=self._abstract_tokens())
+                          abstract_tokens=self._abstract_tokens(latest))
         return obs, min(stamps)
 
     def infer_once(self) -> bool:
         """Gather, check, infer and publish one chunk; False (with a throttled log) when nothing was published."""
+        # Snapshot first, clock second: the subscriptions keep writing self.latest on the executor
+        # thread, and an input received after now_ns would make the chunk due before its observation.
+        latest = dict(self.latest)
         now_ns = self.get_clock().now().nanoseconds
         wall = time.monotonic()
         try:
-            obs, stamp_ns = self.gather(now_ns)
+            obs, stamp_ns = self.gather(latest, now_ns)
         except InputRejected as exc:
             self.reject(exc.reason, f"no chunk: {exc}")
             return False
