@@ -7,6 +7,7 @@ parameter files) on this test run's private DDS domain.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from hlrp_ros.graph import python_process, stop_process_group
@@ -45,12 +46,15 @@ def test_closed_loop_episodes(tmp_path):
 
 
 def test_demo_tool_runs_bounded_and_saves_frames(ros_env, tmp_path):
-    proc = python_process(["-m", "hlrp_ros.tools.demo", "--duration", "12", "--out", str(tmp_path)], env=ros_env)
+    # --duration counts from when the nodes are ready: start-up (model load) alone takes longer than
+    # 1 s, so a duration that included it would end before the first episode
+    proc = python_process(["-m", "hlrp_ros.tools.demo", "--duration", "1", "--out", str(tmp_path)], env=ros_env)
     try:
         out, _ = proc.communicate(timeout=240)
     finally:
         stop_process_group(proc)
     text = out.decode(errors="replace")
     assert proc.returncode == 0, text[-3000:]
-    assert "chunks/s" in text and "inference" in text and "summary:" in text, text[-3000:]
+    assert "chunks/s" in text and "inference" in text and "nodes ready after" in text, text[-3000:]
+    assert re.search(r"summary: \d+/[1-9]\d* episodes succeeded", text), text[-3000:]
     assert (Path(tmp_path) / "demo_strip.png").is_file()
