@@ -186,7 +186,9 @@ def _jitter_row(spinner, env, tmp, rate: float, seconds: float, chunks) -> str:
     commands = spinner.collect(JointState, topic)
     ctl = NodeProcess("controller_node", name=f"controller_{int(rate)}", env=env, log_dir=tmp, params={
         "joint_names": ["shoulder", "elbow"], "control_rate": rate, "output_topic": topic,
-        "watchdog_timeout": 2.0 if chunks is not None else 600.0, "input_topic": "/action_chunk" if chunks is not None else "/bench/no_chunks"}).start()
+        "watchdog_timeout": 2.0 if chunks is not None else 600.0, "input_topic": "/action_chunk" if chunks is not None else "/bench/no_chunks",
+        # idle: no joint state source, the long chunk is commanded as sent
+        **({} if chunks is not None else {"joint_states_topic": "", "require_joint_state": False})}).start()
     label = "policy_node inferring" if chunks is not None else "idle (no policy_node)"
     try:
         if chunks is None:

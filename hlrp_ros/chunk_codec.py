@@ -56,7 +56,8 @@ class DecodedChunk:
     """A validated ActionChunk.
 
     Attributes:
-        chunk_id: Producer's id.
+        run_id: Identity of the producing policy run.
+        chunk_id: Producer's id, ordered within its run.
         stamp_ns: Observation time (nanoseconds).
         first_action_ns: Due time of ``actions[0]`` (nanoseconds).
         dt: Seconds between actions.
@@ -66,6 +67,7 @@ class DecodedChunk:
         inference_latency: Seconds the producer spent.
     """
 
+    run_id: str
     chunk_id: int
     stamp_ns: int
     first_action_ns: int
@@ -77,7 +79,8 @@ class DecodedChunk:
 
 
 def encode_chunk(actions: np.ndarray, joint_names: Sequence[str], *, chunk_id: int, stamp_ns: int,
-                 first_action_ns: int, dt: float, instruction: str = "", inference_latency: float = 0.0):
+                 first_action_ns: int, dt: float, instruction: str = "", inference_latency: float = 0.0,
+                 run_id: str = ""):
     """Build an ``hlrp_ros/ActionChunk`` from a ``(horizon, action_dim)`` array."""
     from hlrp_ros.msg import ActionChunk
 
@@ -87,6 +90,7 @@ def encode_chunk(actions: np.ndarray, joint_names: Sequence[str], *, chunk_id: i
     msg = ActionChunk()
     ns_to_time(stamp_ns, msg.header.stamp)
     ns_to_time(first_action_ns, msg.first_action_time)
+    msg.run_id = run_id
     msg.chunk_id = int(chunk_id)
     msg.dt = float(dt)
     msg.joint_names = list(joint_names)
@@ -143,7 +147,7 @@ def decode_chunk(msg, expected_names: Sequence[str] | None = None, max_horizon: 
     elif len(set(names)) != len(names):
         column_order(names, names)  # raises on duplicates
     return DecodedChunk(
-        chunk_id=int(msg.chunk_id), stamp_ns=time_to_ns(msg.header.stamp),
+        run_id=str(msg.run_id), chunk_id=int(msg.chunk_id), stamp_ns=time_to_ns(msg.header.stamp),
         first_action_ns=time_to_ns(msg.first_action_time), dt=float(msg.dt), joint_names=names,
         actions=actions, instruction=str(msg.instruction), inference_latency=float(msg.inference_latency),
     )

@@ -48,16 +48,21 @@ class ReasonThrottle:
         log: Called with the message text (e.g. ``node.get_logger().warning``).
         period: Seconds between two messages for the same reason.
         clock: Monotonic time source (seconds).
+        max_reasons: Distinct reasons kept; later new ones share the key ``other`` (reasons can carry
+            details taken from input messages, and a flood of distinct ones must not grow memory).
     """
 
     def __init__(self, log: Callable[[str], object], period: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, max_reasons: int = 256) -> None:
         self._log, self.period, self._clock = log, period, clock
+        self.max_reasons = max_reasons
         self._last: dict[str, float] = {}
         self.counts: dict[str, int] = {}
 
     def __call__(self, reason: str, message: str) -> bool:
         """Count ``reason``; log ``message`` unless the same reason was logged within the period."""
+        if reason not in self.counts and len(self.counts) >= self.max_reasons:
+            reason = "other"
         self.counts[reason] = self.counts.get(reason, 0) + 1
         now = self._clock()
         last = self._last.get(reason)

@@ -17,6 +17,8 @@ other encoding raises ``ImageError`` (reason ``encoding``); a buffer shorter tha
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 #: Raw encodings accepted: name -> (channels, channel indices giving R, G, B).
@@ -31,11 +33,19 @@ BACKENDS = ("auto", "cv_bridge", "numpy")
 
 
 class ImageError(ValueError):
-    """An image that cannot be used; ``reason`` is a stable key (``encoding``, ``layout``, ``decode``)."""
+    """An image that cannot be used.
 
-    def __init__(self, reason: str, message: str) -> None:
+    Attributes:
+        reason: Stable cause (``encoding``, ``layout``, ``decode``).
+        key: ``reason`` plus the offending encoding or format (``encoding_16UC1``), so that counts and
+            throttled logs of different causes stay apart; anything odd in the name becomes ``other``.
+    """
+
+    def __init__(self, reason: str, message: str, detail: str = "") -> None:
         super().__init__(message)
         self.reason = reason
+        detail = detail if re.fullmatch(r"[A-Za-z0-9_.;=/ -]{1,32}", detail or "") else ("other" if detail else "")
+        self.key = f"{reason}_{detail}" if detail else reason
 
 
 def is_compressed(msg) -> bool:
@@ -47,7 +57,8 @@ def raw_to_rgb(msg) -> np.ndarray:
     """Raw sensor_msgs/Image -> ``(H, W, 3)`` uint8 RGB view of the message buffer (no copy)."""
     encoding = msg.encoding.lower()
     if encoding not in RAW_ENCODINGS:
-        raise ImageError("encoding", f"unsupported encoding {msg.encoding!r}; supported: {sorted(RAW_ENCODINGS)}")
+        raise ImageError("encoding", f"unsupported encoding {msg.encoding!r}; supported: {sorted(RAW_ENCODINGS)}",
+                         msg.encoding)
     channels, rgb = RAW_ENCODINGS[encoding]
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     if height < 1 or width < 1:
@@ -73,7 +84,8 @@ def compressed_to_rgb(msg) -> np.ndarray:
     data = np.frombuffer(msg.data, dtype=np.uint8)
     bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if bgr is None:
-        raise ImageError("decode", f"cannot decode compressed image (format {msg.format!r}, {data.size} bytes)")
+        raise ImageError("decode", f"cannot decode compressed image (format {msg.format!r}, {data.size} bytes)",
+                         msg.format)
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
@@ -116,11 +128,13 @@ class ImageConverter:
             try:
                 return self._bridge.compressed_imgmsg_to_cv2(msg, desired_encoding="rgb8")
             except Exception as exc:
-                raise ImageError("decode", f"cannot decode compressed image (format {msg.format!r}): {exc}") from exc
+                raise ImageError("decode", f"cannot decode compressed image (format {msg.format!r}): {exc}",
+                                 msg.format) from exc
         if self._bridge is None:
             return raw_to_rgb(msg)
         if msg.encoding.lower() not in RAW_ENCODINGS:  # same accepted set on both back ends
-            raise ImageError("encoding", f"unsupported encoding {msg.encoding!r}; supported: {sorted(RAW_ENCODINGS)}")
+            raise ImageError("encoding", f"unsupported encoding {msg.encoding!r}; supported: {sorted(RAW_ENCODINGS)}",
+                             msg.encoding)
         try:
             return self._bridge.imgmsg_to_cv2(msg, desired_encoding="rgb8")
         except Exception as exc:

@@ -31,6 +31,7 @@ PUBLISHER = textwrap.dedent(
     msg.header.frame_id = "obs"
     msg.first_action_time.sec = 1700000000
     msg.first_action_time.nanosec = 523456789
+    msg.run_id = "3f2b9c0e5d7a4e61"
     msg.chunk_id = 2**40 + 7
     msg.dt = 0.02
     msg.joint_names = ["shoulder", "elbow", "wrist"]
@@ -57,6 +58,7 @@ def test_action_chunk_is_generated_with_every_documented_field():
     assert fields == {
         "header": "std_msgs/Header",
         "first_action_time": "builtin_interfaces/Time",
+        "run_id": "string",
         "chunk_id": "uint64",
         "dt": "double",
         "joint_names": "sequence<string>",
@@ -98,6 +100,7 @@ def test_action_chunk_crosses_processes_intact(ros_env, rclpy_context):
     assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == (1700000000, 123456789)
     assert msg.header.frame_id == "obs"
     assert (msg.first_action_time.sec, msg.first_action_time.nanosec) == (1700000000, 523456789)
+    assert msg.run_id == "3f2b9c0e5d7a4e61"
     assert msg.chunk_id == 2**40 + 7
     assert msg.dt == 0.02
     assert list(msg.joint_names) == ["shoulder", "elbow", "wrist"]

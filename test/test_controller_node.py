@@ -23,7 +23,7 @@ COMMAND_TOPIC = "/hlrp_test/ctl/command"
 
 def controller_params(**overrides) -> dict:
     params = {"joint_names": JOINTS, "control_rate": 50.0, "input_topic": CHUNK_TOPIC, "output_topic": COMMAND_TOPIC,
-              "joint_states_topic": "", "seam_threshold": 0.0, "watchdog_timeout": 0.8, "max_chunk_age": 2.0,
+              "joint_states_topic": "", "require_joint_state": False, "seam_threshold": 0.0, "watchdog_timeout": 0.8, "max_chunk_age": 2.0,
               "diagnostics_period": 0.2}
     params.update(overrides)
     return params

@@ -76,3 +76,11 @@ def test_cmake_installs_launch_config_and_the_shipped_checkpoint_to_share():
     assert share, "CMakeLists.txt installs nothing to share/hlrp_ros"
     assert set(share.group(1).split()) >= {"launch", "config", "models"}
     assert (ROOT / "models" / "demo_arm" / "model.safetensors").is_file()
+
+
+def test_readme_parameter_tables_match_the_nodes():
+    from hlrp_ros.nodes import controller_node, describe_parameters, policy_node
+
+    readme = (ROOT / "README.md").read_text()
+    for node in (policy_node, controller_node):
+        assert describe_parameters(node.PARAMS) in readme, f"README's {node.__name__} parameter table is out of date"

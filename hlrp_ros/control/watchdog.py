@@ -19,7 +19,7 @@ class OutputState(enum.Enum):
 
 
 class Watchdog:
-    """Trips when no valid chunk was accepted for ``timeout`` seconds.
+    """Trips when no chunk started executing for ``timeout`` seconds.
 
     Args:
         timeout: Seconds without a valid chunk before tripping (> 0).
@@ -32,8 +32,12 @@ class Watchdog:
         self.last_feed: float | None = None
 
     def feed(self, t: float) -> None:
-        """A valid chunk was accepted at ``t``."""
+        """A chunk started executing at ``t``."""
         self.last_feed = t
+
+    def reset(self) -> None:
+        """Forget the last feed (the clock was reset): not tripped until fed again."""
+        self.last_feed = None
 
     def age(self, t: float) -> float | None:
         """Seconds since the last valid chunk (None before the first)."""

@@ -16,10 +16,12 @@ import rclpy
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 
-from hlrp_ros.chunk_codec import ChunkError, decode_chunk, ns_to_time
+from hlrp_ros.chunk_codec import ChunkError, decode_chunk, ns_to_time, time_to_ns
+from hlrp_ros.control.admission import ChunkAdmission, run_label
 from hlrp_ros.control.chunk import INTERPOLATION_MODES, TimedChunk
 from hlrp_ros.control.executor import ChunkExecutor
 from hlrp_ros.control.limits import JointLimits, SafetyFilter, limit_path
+from hlrp_ros.control.ordering import arrives_out_of_order
 from hlrp_ros.control.watchdog import OutputState, StateTracker, Watchdog
 from hlrp_ros.diagnostics import ERROR, OK, WARN, ReasonThrottle, make_array, make_status
 from hlrp_ros.nodes import ParameterError, ParamSpec, declare_parameters, spin_until_shutdown
@@ -35,19 +37,28 @@ PARAMS = (
               "/<controller>/commands); joint_trajectory: trajectory_msgs/JointTrajectory of the remaining "
               "chunk (joint_trajectory_controller).", choices=OUTPUT_MODES),
     ParamSpec("output_topic", "/joint_command", "Command output topic."),
-    ParamSpec("joint_states_topic", "/joint_states", "Measured joint states used as the start of the first "
-              "ramp (empty: none; the first command is then the first due action)."),
+    ParamSpec("joint_states_topic", "/joint_states", "Measured joint states: every start of commanding (the first "
+              "chunk, or the first after a stop) ramps from the measured positions within the limits "
+              "(empty: none, allowed only with require_joint_state false)."),
+    ParamSpec("require_joint_state", True, "Command nothing until a measured joint state (younger than "
+              "max_joint_state_age) arrived on joint_states_topic. false: without one, commanding starts from the "
+              "last command or, before any, jumps straight to the first due action (no speed limit on that step)."),
+    ParamSpec("max_joint_state_age", 1.0, "A measured joint state received longer ago than this is not used as "
+              "the start of a ramp (s).", minimum=0.001, maximum=3600.0),
     ParamSpec("interpolation", "hold", "Between due times: hold the due action or interpolate linearly to the next.",
               choices=INTERPOLATION_MODES),
     ParamSpec("blend_time", 0.0, "Seconds over which a new chunk is blended in from the old one (0: switch).",
               minimum=0.0, maximum=10.0),
-    ParamSpec("watchdog_timeout", 1.0, "Seconds without a valid chunk before the watchdog trips (s).",
-              minimum=0.001, maximum=3600.0),
+    ParamSpec("watchdog_timeout", 1.0, "Seconds without a chunk starting to execute before the watchdog trips "
+              "(s); chunks accepted but not yet due do not count.", minimum=0.001, maximum=3600.0),
     ParamSpec("on_timeout", "hold", "When the chunk ran out or the watchdog tripped: hold the last safe command "
               "(keep publishing it) or stop publishing.", choices=("hold", "stop")),
     ParamSpec("max_chunk_age", 2.0, "A chunk whose observation is older than this on arrival (or stamped this "
               "far in the future) is rejected (s); "
               "must exceed the policy's inference latency plus its max_observation_age.",
+              minimum=0.0, maximum=3600.0),
+    ParamSpec("max_start_delay", 1.0, "A chunk whose first action is due more than this after it arrives is "
+              "rejected (s): a policy clock running ahead, or a chunk meant for later, must not sit in the queue.",
               minimum=0.0, maximum=3600.0),
     ParamSpec("position_limits_lower", [], "Lowest position per joint (empty: unlimited).", item_type=float),
     ParamSpec("position_limits_upper", [], "Highest position per joint (empty: unlimited).", item_type=float),
@@ -79,11 +90,15 @@ class ControllerNode(LifecycleNode):
             self.config_error = exc
         self._timer = self._diag_timer = self._chunk_sub = self._js_sub = None
         self._cmd_pub = self._diag_pub = None
-        self.reject = ReasonThrottle(self.get_logger().warning)
+        self.reject = ReasonThrottle(self.get_logger().warning)  # chunks
+        self.dropped_inputs = ReasonThrottle(self.get_logger().warning)  # joint states
         self.published = 0
         self.accepted = 0
         self.last_tick: float | None = None
+        # (positions, receive time s, header stamp ns) of the newest measured joint state
+        self.measured: tuple[np.ndarray, float, int] | None = None
         self._hold_sent = False
+        self._waiting_logged = False
 
     # ----------------------------------------------------------------------------- lifecycle
     def _validate(self) -> None:
@@ -98,6 +113,10 @@ class ControllerNode(LifecycleNode):
         for key in ("input_topic", "output_topic"):
             if not p[key]:
                 raise ParameterError(key, "must not be empty")
+        if p["require_joint_state"] and not p["joint_states_topic"]:
+            raise ParameterError("joint_states_topic", "is empty but require_joint_state is true: name the measured "
+                                                       "joint state topic, or set require_joint_state false to "
+                                                       "command without one (the first command then jumps)")
         try:
             self.limits = JointLimits.build(len(names), p["position_limits_lower"], p["position_limits_upper"],
                                             p["velocity_limits"])
@@ -119,6 +138,7 @@ class ControllerNode(LifecycleNode):
         self.safety = SafetyFilter(self.limits, p["seam_threshold"], p["seam_ramp_scale"], p["seam_ramp_velocity"],
                                    max_step_time=2.0 * self.period)
         self.watchdog = Watchdog(p["watchdog_timeout"])
+        self.admission = ChunkAdmission()
         self.tracker = StateTracker()
         self._cmd_pub = self.create_lifecycle_publisher(self._output_type(), p["output_topic"], 10)
         self._diag_pub = self.create_publisher(self._diag_type(), "/diagnostics", 10)
@@ -131,6 +151,9 @@ class ControllerNode(LifecycleNode):
                                                     qos_profile_sensor_data)
         self.get_logger().info(f"configured: {len(self.joint_names)} joints, {p['control_rate']:g} Hz, "
                                f"output {p['output_mode']} on {p['output_topic']}")
+        if not p["require_joint_state"]:
+            self.get_logger().warning("require_joint_state is false: commanding may start without a measured joint "
+                                      "state; before any command the first one jumps to the first due action")
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -178,16 +201,23 @@ class ControllerNode(LifecycleNode):
 
     # ----------------------------------------------------------------------------- inputs
     def on_joint_state(self, msg) -> None:
-        """Seed the ramp start from measured positions while nothing is being commanded."""
-        if self.tracker.state not in (OutputState.WAITING, OutputState.STOPPED) and self.safety.last is not None:
-            return
+        """Remember the measured positions (never replaced by an older-stamped state): starts ramp from them."""
+        now = _sec(self.get_clock())
         index = {n: i for i, n in enumerate(msg.name)}
         if len(index) != len(msg.name) or any(n not in index for n in self.joint_names):
             return
         positions = np.array([msg.position[index[n]] if index[n] < len(msg.position) else np.nan
                               for n in self.joint_names])
-        if np.all(np.isfinite(positions)):
-            self.safety.reset(self.limits.clamp(positions), _sec(self.get_clock()))
+        if not np.all(np.isfinite(positions)):
+            return
+        stamp = time_to_ns(msg.header.stamp)
+        if self.measured is not None and arrives_out_of_order(stamp, self.measured[2], now - self.measured[1],
+                                                              self.params["max_joint_state_age"]):
+            self.dropped_inputs("joint_state_out_of_order", f"dropped a joint state on {self.params['joint_states_topic']} "
+                                                    f"stamped {(self.measured[2] - stamp) * 1e-9:.3f} s before the "
+                                                    f"one already kept (out of order)")
+            return
+        self.measured = (self.limits.clamp(positions), now, stamp)
 
     def on_chunk(self, msg) -> None:
         """Validate and queue a chunk; anything wrong is logged (throttled per reason) and dropped."""
@@ -195,28 +225,39 @@ class ControllerNode(LifecycleNode):
         try:
             chunk = decode_chunk(msg, self.joint_names)
         except ChunkError as exc:
-            self.reject(f"chunk_{exc.reason}", f"rejected ActionChunk {msg.chunk_id}: {exc}")
-            return
-        last_id = self.executor_.last_id
-        if last_id is not None and chunk.chunk_id <= last_id:
-            self.reject("chunk_id", f"rejected ActionChunk {chunk.chunk_id}: id not greater than the last "
-                                    f"accepted ({last_id})")
+            self.reject(f"chunk_{exc.reason}", f"rejected ActionChunk {msg.chunk_id} ({run_label(msg.run_id)}): {exc}")
             return
         timed = TimedChunk(chunk.chunk_id, chunk.first_action_ns * 1e-9, chunk.dt, chunk.actions, chunk.stamp_ns * 1e-9)
-        age = now - timed.stamp
-        if -age > self.params["max_chunk_age"]:  # the policy's clock runs ahead of ours: ages mean nothing
-            self.reject("chunk_future", f"rejected ActionChunk {chunk.chunk_id}: observation stamped {-age:.3f} s "
-                                        f"in the future (more than max_chunk_age {self.params['max_chunk_age']:g} "
-                                        f"s): are the clocks synchronised (or use_sim_time set alike)?")
+        problem = self._timing_problem(timed, now)
+        verdict = self.admission.check(chunk.run_id, chunk.chunk_id, timed.stamp) if problem is None else None
+        if problem is None and not verdict.accepted:
+            problem = (f"chunk_{verdict.reason}", verdict.message)
+        if problem is not None:
+            reason, why = problem
+            self.reject(reason, f"rejected ActionChunk {chunk.chunk_id} ({run_label(chunk.run_id)}): {why}")
             return
-        if age > self.params["max_chunk_age"] or timed.end <= now:
-            self.reject("chunk_stale", f"rejected stale ActionChunk {chunk.chunk_id}: observation {age:.3f} s old "
-                                       f"(max_chunk_age {self.params['max_chunk_age']:g} s), last action due "
-                                       f"{timed.end - now:+.3f} s from now")
-            return
+        if verdict.took_over is not None:
+            self.get_logger().warning(f"ActionChunk {chunk.chunk_id}: {verdict.message}; the old run's chunks "
+                                      f"are refused from now on")
+        self.admission.admit(chunk.run_id, chunk.chunk_id, timed.stamp)
         self.executor_.submit(timed)
-        self.watchdog.feed(now)
         self.accepted += 1
+
+    def _timing_problem(self, timed: TimedChunk, now: float) -> tuple[str, str] | None:
+        """(reason, text) when the chunk's times make it unusable now: stale, from the future, or due too late."""
+        p = self.params
+        age = now - timed.stamp
+        if -age > p["max_chunk_age"]:  # the policy's clock runs ahead of ours: ages mean nothing
+            return "chunk_future", (f"observation stamped {-age:.3f} s in the future (more than max_chunk_age "
+                                    f"{p['max_chunk_age']:g} s): are the clocks synchronised (or use_sim_time "
+                                    f"set alike)?")
+        if age > p["max_chunk_age"] or timed.end <= now:
+            return "chunk_stale", (f"stale: observation {age:.3f} s old (max_chunk_age {p['max_chunk_age']:g} s), "
+                                   f"last action due {timed.end - now:+.3f} s from now")
+        if timed.start - now > p["max_start_delay"]:
+            return "chunk_too_early", (f"first action due {timed.start - now:.3f} s from now (more than "
+                                       f"max_start_delay {p['max_start_delay']:g} s): is the policy's clock ahead?")
+        return None
 
     # ----------------------------------------------------------------------------- control loop
     def _set_state(self, state: OutputState, reason: str) -> None:
@@ -230,12 +271,19 @@ class ControllerNode(LifecycleNode):
     def on_tick(self) -> None:
         """Command what is due now (or hold / stop); never counts ticks."""
         now = _sec(self.get_clock())
+        if self.last_tick is not None and now < self.last_tick:
+            self._clock_jumped_back(self.last_tick - now)
         self.last_tick = now
-        target = None if self.watchdog.expired(now) else self.executor_.target(now)
-        if target is None:
+        target = self.executor_.target(now)
+        if target is not None and target.switched:  # only chunks that execute feed the watchdog
+            self.watchdog.feed(now)
+        if target is None or self.watchdog.expired(now):
             self._no_target(now)
             return
-        result = self.safety.filter(target.positions, now, new_chunk=target.switched)
+        starting = self.tracker.state in (OutputState.WAITING, OutputState.STOPPED)
+        if starting and not self._start_from_measured(now):
+            return
+        result = self.safety.filter(target.positions, now, new_chunk=target.switched or starting)
         if result.seam_jump is not None:
             joint, jump = result.seam_jump
             self.get_logger().warning(f"seam: chunk {target.chunk_id} starts {jump:.3f} away on joint "
@@ -248,6 +296,40 @@ class ControllerNode(LifecycleNode):
                 self._publish_trajectory(now, result.positions)
         else:
             self._publish_positions(now, result.positions)
+
+    def _start_from_measured(self, now: float) -> bool:
+        """Before the first command after waiting or stopping: ramp from the measured joint state.
+
+        False (nothing may be commanded yet) while ``require_joint_state`` finds no fresh measured state.
+        """
+        p = self.params
+        if self.measured is not None and now - self.measured[1] <= p["max_joint_state_age"]:
+            self.safety.reset(self.measured[0], now)
+            self._waiting_logged = False
+            return True
+        if not p["require_joint_state"]:
+            return True
+        if self.measured is None:
+            why = f"none received on {p['joint_states_topic']} yet"
+        else:
+            why = (f"the last one on {p['joint_states_topic']} is {now - self.measured[1]:.2f} s old "
+                   f"(max_joint_state_age {p['max_joint_state_age']:g} s)")
+        self.tracker.update(OutputState.WAITING, f"waiting for a measured joint state: {why}")
+        if not self._waiting_logged:  # once per wait, whatever the state before
+            self._waiting_logged = True
+            self.get_logger().warning(f"not commanding: waiting for a measured joint state ({why}); commanding "
+                                      f"starts from it within the limits")
+        return False
+
+    def _clock_jumped_back(self, jump: float) -> None:
+        """A simulator reset (or a stepped clock): nothing planned on the old timeline may execute."""
+        self.executor_.clear()
+        self.admission.clock_reset()
+        self.watchdog.reset()
+        self.measured = None
+        self.safety.reset(self.safety.last)  # keep the last command (to hold), forget its time
+        self.get_logger().warning(f"clock jumped back {jump:.3f} s (simulator reset?): dropped every pending "
+                                  f"chunk; waiting for chunks on the new timeline")
 
     def _no_target(self, now: float) -> None:
         """Nothing is due: keep waiting, or hold / stop after the chunk ran out or the watchdog tripped."""
@@ -321,7 +403,10 @@ class ControllerNode(LifecycleNode):
             "seconds_since_last_chunk": -1.0 if age is None else age,
             "chunk_age": -1.0 if current is None else now - current.stamp,
             "chunk_id": -1 if current is None else current.chunk_id,
+            "run_id": self.admission.run_id or "",
+            "joint_state_age": -1.0 if self.measured is None else now - self.measured[1],
             "chunks_accepted": self.accepted, "chunks_rejected": self.reject.total,
+            "joint_states_dropped": self.dropped_inputs.total,
             "commands_published": self.published, "seam_ramping": self.safety.ramping,
         }
         status = make_status(f"{self.get_name()}: chunk execution", self.get_name(), level, self.tracker.reason, values)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 import sys
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -34,9 +35,11 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profi
 
 from hlrp_ros.allocator import keep_freed_memory, request_huge_pages
 from hlrp_ros.chunk_codec import encode_chunk, time_to_ns
+from hlrp_ros.control.ordering import arrives_out_of_order
 from hlrp_ros.control.ticks import TickGate
 from hlrp_ros.diagnostics import OK, WARN, ReasonThrottle, make_array, make_status
 from hlrp_ros.nodes import ParameterError, ParamSpec, declare_parameters, spin_until_shutdown
+from hlrp_ros.policies.base import fitted_size
 from hlrp_ros.ros_image import BACKENDS, ImageConverter, ImageError
 
 PARAMS = (
@@ -113,6 +116,7 @@ class PolicyNode(Node):
         if self.params["tune_host_memory"]:
             self.get_logger().info(f"host memory: {keep_freed_memory().reason}")
         self.latest: dict[str, tuple[object, int]] = {}  # topic -> (message, receive time ns)
+        self.run_id = uuid.uuid4().hex  # tells this run's chunks from a previous (killed, restarted) run's
         self.chunk_id = 0
         self.published = 0
         self.latencies: list[float] = []
@@ -124,7 +128,7 @@ class PolicyNode(Node):
         self.get_logger().info(
             f"ready: cameras {dict(zip(self.params['camera_topics'], self.params['camera_names']))}, "
             f"joints {self.joint_names}, {self.n_action_steps} actions every {self.params['inference_period']:g} s, "
-            f"image backend {self.images.backend}")
+            f"image backend {self.images.backend}, run id {self.run_id}")
 
     # ----------------------------------------------------------------------------- configuration
     def _validate_static(self) -> None:
@@ -220,8 +224,20 @@ class PolicyNode(Node):
         self.create_timer(p["diagnostics_period"], self.publish_diagnostics, callback_group=inputs)
 
     def _keeper(self, topic: str):
+        """Subscription callback keeping the latest message of ``topic`` (never replaced by an older-stamped one)."""
         def keep(msg) -> None:
-            self.latest[topic] = (msg, self.get_clock().now().nanoseconds)
+            received = self.get_clock().now().nanoseconds
+            kept = self.latest.get(topic)
+            if kept is not None and hasattr(msg, "header"):
+                kept_stamp = time_to_ns(kept[0].header.stamp)
+                if arrives_out_of_order(time_to_ns(msg.header.stamp), kept_stamp, (received - kept[1]) * 1e-9,
+                                        self.params["max_observation_age"]):
+                    age = (kept_stamp - time_to_ns(msg.header.stamp)) * 1e-9
+                    self.reject(f"out_of_order_{topic}", f"dropped a message on {topic} stamped {age:.3f} s before "
+                                                         f"the one already kept (out of order: two publishers, or a "
+                                                         f"replayed bag?)")
+                    return
+            self.latest[topic] = (msg, received)
         return keep
 
     # ----------------------------------------------------------------------------- inputs
@@ -246,8 +262,8 @@ class PolicyNode(Node):
         msg, stamp = self._fresh(latest, topic, f"camera '{camera}' image", now_ns)
         try:
             rgb = self.images.to_rgb(msg)
-        except ImageError as exc:
-            raise InputRejected(f"image_{exc.reason}_{topic}", f"camera '{camera}' ({topic}): {exc}") from exc
+        except ImageError as exc:  # keyed by cause and detail: a 16UC1 stream is not counted with mono16 ones
+            raise InputRejected(f"image_{exc.key}_{topic}", f"camera '{camera}' ({topic}): {exc}") from exc
         if any(stride < 0 for stride in rgb.strides):  # BGR views: torch takes no negative strides
             rgb = np.ascontiguousarray(rgb)
         expected = tuple(self.policy.config.image_size)
@@ -257,6 +273,10 @@ class PolicyNode(Node):
             if self.params["image_size_mismatch"] == "reject":
                 raise InputRejected(f"image_size_{topic}", f"camera '{camera}' ({topic}): image size {size} differs "
                                                            f"from the model's {model} (image_size_mismatch: reject)")
+            try:
+                fitted_size(rgb.shape[0], rgb.shape[1], *expected)
+            except ValueError as exc:
+                raise InputRejected(f"image_aspect_{topic}", f"camera '{camera}' ({topic}): {exc}") from exc
             self.warn_once(f"resize_{topic}_{size}", f"camera '{camera}' ({topic}): image size {size} differs from "
                                                      f"the model's {model}; resizing with padding")
         return rgb, stamp
@@ -382,7 +402,7 @@ class PolicyNode(Node):
         msg = encode_chunk(actions, self.joint_names, chunk_id=self.chunk_id, stamp_ns=stamp_ns,
                            first_action_ns=now_ns + int(self.params["first_action_delay"] * 1e9),
                            dt=self.params["action_period"], instruction=self._instruction_used,
-                           inference_latency=latency)
+                           inference_latency=latency, run_id=self.run_id)
         self.chunk_pub.publish(msg)
         self.published += 1
         self.latencies = (self.latencies + [latency])[-100:]
@@ -398,7 +418,7 @@ class PolicyNode(Node):
             "inference_latency_last": float(lat[-1]), "inference_latency_mean": float(lat.mean()),
             "inference_latency_max": float(lat.max()),
             "seconds_since_last_chunk": -1.0 if last is None else (now.nanoseconds - last) * 1e-9,
-            "rejected_inputs": self.reject.total, "image_backend": self.images.backend,
+            "rejected_inputs": self.reject.total, "image_backend": self.images.backend, "run_id": self.run_id,
         }
         for reason, count in sorted(self.reject.counts.items()):
             values[f"rejected.{reason}"] = count

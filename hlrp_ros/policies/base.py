@@ -15,12 +15,30 @@ import torch
 from torch import Tensor
 
 
+def fitted_size(height: int, width: int, target_height: int, target_width: int) -> tuple[int, int]:
+    """Size of a ``height x width`` image resized, aspect kept, to fit ``target_height x target_width``.
+
+    The rest of the target is padding. Raises ``ValueError`` when the image is so elongated that a
+    side would shrink to 0 pixels (e.g. 1x2000 into 512x512): such an image carries nothing usable.
+    """
+    if min(height, width, target_height, target_width) < 1:
+        raise ValueError(f"empty image size {width}x{height} or target {target_width}x{target_height}")
+    ratio = max(width / target_width, height / target_height)
+    fitted = int(height / ratio), int(width / ratio)
+    if min(fitted) < 1:
+        raise ValueError(f"a {width}x{height} image (aspect {max(width / height, height / width):.0f}:1) shrinks to "
+                         f"{fitted[1]}x{fitted[0]} when fitted into {target_width}x{target_height}: too elongated "
+                         f"to use (crop it, or send a less extreme aspect)")
+    return fitted
+
+
 @dataclass
 class Observation:
     """One time step of robot input.
 
     Attributes:
-        images: Camera name -> RGB ``uint8`` image ``(H, W, 3)`` (any size; resized with padding).
+        images: Camera name -> RGB ``uint8`` image ``(H, W, 3)`` (any size ``fitted_size`` accepts; resized
+            with padding).
         state: Proprioceptive state ``(state_dim,)``, un-normalised (robot units).
         instruction: Natural-language task instruction.
         abstract_tokens: Optional abstract action token ids (used when the policy enables that branch).

@@ -19,7 +19,7 @@ from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, tr
 from torch import Tensor
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from hlrp_ros.policies.base import Observation
+from hlrp_ros.policies.base import Observation, fitted_size
 from hlrp_ros.policies.hlrp.configuration_hlrp import HLRPConfig
 
 logger = logging.getLogger(__name__)
@@ -131,9 +131,7 @@ def resize_with_pad(img: Tensor, width: int, height: int, pad_value: float = 0.0
     """Resizes ``(B, C, H, W)`` keeping the aspect ratio, then pads left/top to ``(height, width)`` (SmolVLA)."""
     if img.ndim != 4:
         raise ValueError(f"(b, c, h, w) expected, got {tuple(img.shape)}")
-    cur_height, cur_width = img.shape[2:]
-    ratio = max(cur_width / width, cur_height / height)
-    resized_height, resized_width = int(cur_height / ratio), int(cur_width / ratio)
+    resized_height, resized_width = fitted_size(img.shape[2], img.shape[3], height, width)
     resized = F.interpolate(img, size=(resized_height, resized_width), mode="bilinear", align_corners=False)
     pad_height, pad_width = max(0, int(height - resized_height)), max(0, int(width - resized_width))
     return F.pad(resized, (pad_width, 0, pad_height, 0), value=pad_value)
