@@ -139,19 +139,32 @@ def joint_state(stamp_ns: int, names, positions):
 
 #: A separate process that publishes one latched instruction and stays up (argv: topic, text, seconds).
 INSTRUCTION_PUBLISHER = """
+# argv: topic, text, seconds to stay, QoS: latched (default) | plain (ros2 topic pub --once: reliable,
+# volatile, published once a subscriber matched) | best_effort (published every 0.5 s)
 import sys, time
 import rclpy
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
+mode = sys.argv[4] if len(sys.argv) > 4 else "latched"
 rclpy.init()
 node = rclpy.create_node("instruction_publisher")
 qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+if mode == "plain":
+    qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+elif mode == "best_effort":
+    qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT, durability=DurabilityPolicy.VOLATILE)
 pub = node.create_publisher(String, sys.argv[1], qos)
+end = time.monotonic() + float(sys.argv[3])
+while mode == "plain" and pub.get_subscription_count() < 1 and time.monotonic() < end:
+    rclpy.spin_once(node, timeout_sec=0.1)
 pub.publish(String(data=sys.argv[2]))
 print("published", flush=True)
-end = time.monotonic() + float(sys.argv[3])
+last = time.monotonic()
 while time.monotonic() < end:
     rclpy.spin_once(node, timeout_sec=0.1)
+    if mode == "best_effort" and time.monotonic() - last > 0.5:
+        pub.publish(String(data=sys.argv[2]))
+        last = time.monotonic()
 node.destroy_node()
 rclpy.shutdown()
 """

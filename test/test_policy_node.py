@@ -148,6 +148,50 @@ def test_chunks_from_synthetic_inputs_and_a_new_instruction_from_another_process
     assert proc.stop() == 0, proc.output()
 
 
+def test_a_plain_topic_pub_instruction_is_heard_and_an_incompatible_publisher_is_named(
+        node_process, checkpoint, rclpy_context, ros_env):
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    from hlrp_ros.msg import ActionChunk
+
+    topic = "/hlrp_test/instruction"
+    with SpinningNode(rclpy_context) as spinner:
+        chunks = spinner.collect(ActionChunk, "/hlrp_test/action_chunk", reliable_qos())
+        diagnostics = spinner.collect(DiagnosticArray, "/diagnostics")
+        start_sensor_stream(spinner)
+        proc = node_process("policy_node", params=policy_params(checkpoint))
+        # what `ros2 topic pub --once` does: reliable, volatile, published once a subscriber matched
+        plain = python_process(["-c", INSTRUCTION_PUBLISHER, topic, "go to the blue target", "60", "plain"],
+                               env=ros_env)
+        try:
+            assert wait_for(lambda: any(m.instruction == "go to the blue target" for _, m in list(chunks)),
+                            STARTUP_TIMEOUT), proc.output()
+        finally:
+            stop_process_group(plain)
+        best_effort = python_process(["-c", INSTRUCTION_PUBLISHER, topic, "never heard", "60", "best_effort"],
+                                     env=ros_env)
+        try:
+            expected = (f"{topic}: a publisher's QoS is incompatible with this node's subscription (reliable): "
+                        f"its reliability policy differs, so none of its messages arrive. Publish it reliable")
+            assert wait_for(lambda: expected in proc.output(), STARTUP_TIMEOUT), proc.output()
+
+            def mismatch_entry():
+                for _, array in reversed(list(diagnostics)):
+                    for status in array.status:
+                        values = {kv.key: kv.value for kv in status.values}
+                        if status.name.startswith("policy_node") and f"incompatible_qos.{topic}" in values:
+                            return values[f"incompatible_qos.{topic}"]
+                return None
+
+            assert wait_for(mismatch_entry, 30.0) == "RELIABILITY"
+        finally:
+            stop_process_group(best_effort)
+        assert proc.output().count(expected) == 1, proc.output()
+        assert "offering incompatible QoS" not in proc.output()  # rclpy's generic line is replaced, not added to
+        assert not any(m.instruction == "never heard" for _, m in list(chunks))
+    assert proc.stop() == 0, proc.output()
+
+
 def test_slow_inference_skips_ticks_while_subscriptions_keep_flowing(checkpoint, rclpy_context):
     import threading
 

@@ -119,6 +119,52 @@ def describe_parameters(specs: Sequence[ParamSpec]) -> str:
     return "\n".join(rows)
 
 
+class QosMismatches:
+    """Publishers whose QoS a node's subscriptions cannot match, said once in the node's own words.
+
+    rclpy's default reaction is a generic warning in the node log and nothing else; here each
+    topic and differing policy gets one warning naming the topic, what the node subscribes with
+    and what to do, and ``seen`` (topic -> policies) feeds the node's diagnostics.
+
+    Args:
+        node: The node (for its logger).
+    """
+
+    def __init__(self, node) -> None:
+        self._node = node
+        self.seen: dict[str, set[str]] = {}
+
+    def callbacks(self, topic: str, subscribes: str, advice: str, report: bool = True):
+        """``event_callbacks`` for one subscription on ``topic``.
+
+        Args:
+            subscribes: The subscription's QoS, in words ("reliable, volatile").
+            advice: What a publisher must offer to be heard.
+            report: False for a second subscription on the same topic whose mismatches are expected
+                (a latched one next to a volatile one) and otherwise reported by the first.
+        """
+        from rclpy.event_handler import SubscriptionEventCallbacks
+        from rclpy.qos import qos_policy_name_from_kind
+
+        def on_incompatible(event) -> None:
+            if not report:
+                return
+            policy = qos_policy_name_from_kind(event.last_policy_kind)
+            policies = self.seen.setdefault(topic, set())
+            if policy in policies:
+                return
+            policies.add(policy)
+            self._node.get_logger().warning(
+                f"{topic}: a publisher's QoS is incompatible with this node's subscription ({subscribes}): its "
+                f"{policy.lower().replace('_', ' ')} policy differs, so none of its messages arrive. {advice}")
+
+        return SubscriptionEventCallbacks(incompatible_qos=on_incompatible)
+
+    def diagnostics(self) -> dict[str, str]:
+        """``incompatible_qos.<topic>`` -> the differing policies, for a DiagnosticStatus."""
+        return {f"incompatible_qos.{topic}": ",".join(sorted(p)) for topic, p in sorted(self.seen.items())}
+
+
 def spin_until_shutdown(node) -> None:
     """Spin ``node`` on a single-threaded executor until Ctrl-C or an external shutdown.
 

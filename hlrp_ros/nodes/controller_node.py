@@ -24,7 +24,7 @@ from hlrp_ros.control.limits import JointLimits, SafetyFilter, limit_path
 from hlrp_ros.control.ordering import arrives_out_of_order
 from hlrp_ros.control.watchdog import OutputState, StateTracker, Watchdog
 from hlrp_ros.diagnostics import ERROR, OK, WARN, ReasonThrottle, make_array, make_status
-from hlrp_ros.nodes import ParameterError, ParamSpec, declare_parameters, spin_until_shutdown
+from hlrp_ros.nodes import ParameterError, ParamSpec, QosMismatches, declare_parameters, spin_until_shutdown
 
 OUTPUT_MODES = ("joint_state", "float64_array", "joint_trajectory")
 
@@ -90,6 +90,7 @@ class ControllerNode(LifecycleNode):
             self.config_error = exc
         self._timer = self._diag_timer = self._chunk_sub = self._js_sub = None
         self._cmd_pub = self._diag_pub = None
+        self.qos_mismatches = QosMismatches(self)
         self.reject = ReasonThrottle(self.get_logger().warning)  # chunks
         self.dropped_inputs = ReasonThrottle(self.get_logger().warning)  # joint states
         self.published = 0
@@ -143,12 +144,18 @@ class ControllerNode(LifecycleNode):
         self._cmd_pub = self.create_lifecycle_publisher(self._output_type(), p["output_topic"], 10)
         self._diag_pub = self.create_publisher(self._diag_type(), "/diagnostics", 10)
         qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
-        self._chunk_sub = self.create_subscription(self._chunk_type(), p["input_topic"], self.on_chunk, qos)
+        self._chunk_sub = self.create_subscription(
+            self._chunk_type(), p["input_topic"], self.on_chunk, qos,
+            event_callbacks=self.qos_mismatches.callbacks(p["input_topic"], "reliable, volatile",
+                                                          "Publish ActionChunks reliable (policy_node does)."))
         if p["joint_states_topic"]:
             from sensor_msgs.msg import JointState
 
-            self._js_sub = self.create_subscription(JointState, p["joint_states_topic"], self.on_joint_state,
-                                                    qos_profile_sensor_data)
+            self._js_sub = self.create_subscription(
+                JointState, p["joint_states_topic"], self.on_joint_state, qos_profile_sensor_data,
+                event_callbacks=self.qos_mismatches.callbacks(p["joint_states_topic"], "best effort, volatile",
+                                                              "Any publisher should match: check its deadline "
+                                                              "and liveliness settings."))
         self.get_logger().info(f"configured: {len(self.joint_names)} joints, {p['control_rate']:g} Hz, "
                                f"output {p['output_mode']} on {p['output_topic']}")
         if not p["require_joint_state"]:
@@ -408,6 +415,7 @@ class ControllerNode(LifecycleNode):
             "chunks_accepted": self.accepted, "chunks_rejected": self.reject.total,
             "joint_states_dropped": self.dropped_inputs.total,
             "commands_published": self.published, "seam_ramping": self.safety.ramping,
+            **self.qos_mismatches.diagnostics(),
         }
         status = make_status(f"{self.get_name()}: chunk execution", self.get_name(), level, self.tracker.reason, values)
         self._diag_pub.publish(make_array(self.get_clock().now().to_msg(), [status]))

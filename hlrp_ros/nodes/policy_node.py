@@ -1,7 +1,10 @@
 """policy_node: cameras + joint states + instruction in, ActionChunk out, on a timer.
 
-Inputs are kept latest-only (sensor-data QoS for cameras and joint states; reliable +
-transient-local for the instruction, so a latched instruction reaches a node started later).
+Inputs are kept latest-only (sensor-data QoS for cameras and joint states). The instruction
+(and abstract token) topics are subscribed twice, reliable + transient local (a latched
+instruction published before the node started still arrives) and reliable + volatile (a plain
+``ros2 topic pub`` or any default publisher is heard too); a publisher no subscription can match
+gets one warning in the node's words and a diagnostics entry.
 The node spins on a single-threaded executor; the timer hands each inference to one dedicated
 worker thread, so the subscriptions keep flowing while the model runs, and a tick that lands
 while the previous inference is still running is skipped and counted (``hlrp_ros.control.ticks``).
@@ -38,7 +41,7 @@ from hlrp_ros.chunk_codec import encode_chunk, time_to_ns
 from hlrp_ros.control.ordering import arrives_out_of_order
 from hlrp_ros.control.ticks import TickGate
 from hlrp_ros.diagnostics import OK, WARN, ReasonThrottle, make_array, make_status
-from hlrp_ros.nodes import ParameterError, ParamSpec, declare_parameters, spin_until_shutdown
+from hlrp_ros.nodes import ParameterError, ParamSpec, QosMismatches, declare_parameters, spin_until_shutdown
 from hlrp_ros.policies.base import fitted_size
 from hlrp_ros.ros_image import BACKENDS, ImageConverter, ImageError
 
@@ -51,7 +54,8 @@ PARAMS = (
               "sensor_msgs/CompressedImage, any other a raw sensor_msgs/Image."),
     ParamSpec("camera_names", ["top"], "Model camera name fed by each camera_topics entry (same order/length)."),
     ParamSpec("joint_states_topic", "/joint_states", "sensor_msgs/JointState input (re-ordered by name)."),
-    ParamSpec("instruction_topic", "/instruction", "std_msgs/String instruction (reliable, transient local)."),
+    ParamSpec("instruction_topic", "/instruction", "std_msgs/String instruction; any reliable publisher, latched "
+              "(transient local) or not (a plain ros2 topic pub)."),
     ParamSpec("abstract_tokens_topic", "", "Optional std_msgs/Int32MultiArray of abstract action token ids "
               "(empty: not subscribed)."),
     ParamSpec("joint_names", [], "Joints defining the order of state and action dimensions "
@@ -123,6 +127,7 @@ class PolicyNode(Node):
         self._instruction: str | None = None
         self._instruction_used = ""
         self.gate = TickGate(self.params["inference_period"])
+        self.qos_mismatches = QosMismatches(self)
         self._inference_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._create_interfaces()
         self.get_logger().info(
@@ -206,22 +211,37 @@ class PolicyNode(Node):
                             durability=qos_profile_sensor_data.durability)
         for topic in p["camera_topics"]:
             kind = CompressedImage if topic.rstrip("/").endswith("/compressed") else Image
-            self.create_subscription(kind, topic, self._keeper(topic), sensor, callback_group=inputs)
-        self.create_subscription(JointState, p["joint_states_topic"], self._keeper(p["joint_states_topic"]),
-                                 sensor, callback_group=inputs)
-        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self.create_subscription(String, p["instruction_topic"], self._keeper(p["instruction_topic"]), latched,
-                                 callback_group=inputs)
+            self._subscribe_sensor(kind, topic, sensor, inputs)
+        self._subscribe_sensor(JointState, p["joint_states_topic"], sensor, inputs)
+        self._subscribe_command(String, p["instruction_topic"], inputs)
         if p["abstract_tokens_topic"]:
-            self.create_subscription(Int32MultiArray, p["abstract_tokens_topic"],
-                                     self._keeper(p["abstract_tokens_topic"]), latched, callback_group=inputs)
+            self._subscribe_command(Int32MultiArray, p["abstract_tokens_topic"], inputs)
         self.chunk_pub = self.create_publisher(ActionChunk, p["output_topic"],
                                                QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.timer = self.create_timer(p["inference_period"], self.on_tick,
                                        callback_group=MutuallyExclusiveCallbackGroup())
         self.create_timer(p["diagnostics_period"], self.publish_diagnostics, callback_group=inputs)
+
+    def _subscribe_sensor(self, kind, topic: str, qos: QoSProfile, group) -> None:
+        self.create_subscription(kind, topic, self._keeper(topic), qos, callback_group=group,
+                                 event_callbacks=self.qos_mismatches.callbacks(
+                                     topic, "best effort, volatile", "Any publisher should match: check the "
+                                     "deadline and liveliness settings of the publisher."))
+
+    def _subscribe_command(self, kind, topic: str, group) -> None:
+        """Two subscriptions: latched publishers' stored message reaches only a transient-local reader,
+        and a volatile publisher (``ros2 topic pub``) only matches a volatile one."""
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        volatile = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+        advice = (f"Publish it reliable, latched or not: ros2 topic pub {topic} {kind.__module__.split('.')[0]}/msg/"
+                  f"{kind.__name__} ... (its default QoS) or --qos-reliability reliable.")
+        self.create_subscription(kind, topic, self._keeper(topic), latched, callback_group=group,
+                                 event_callbacks=self.qos_mismatches.callbacks(topic, "reliable", advice,
+                                                                               report=False))
+        self.create_subscription(kind, topic, self._keeper(topic), volatile, callback_group=group,
+                                 event_callbacks=self.qos_mismatches.callbacks(topic, "reliable", advice))
 
     def _keeper(self, topic: str):
         """Subscription callback keeping the latest message of ``topic`` (never replaced by an older-stamped one)."""
@@ -422,8 +442,12 @@ class PolicyNode(Node):
         }
         for reason, count in sorted(self.reject.counts.items()):
             values[f"rejected.{reason}"] = count
+        values.update(self.qos_mismatches.diagnostics())
         stale = last is None or (now.nanoseconds - last) * 1e-9 > 3 * self.params["inference_period"]
         level, message = (WARN, "no recent chunk") if stale else (OK, "publishing chunks")
+        if self.qos_mismatches.seen:
+            level = WARN
+            message += "; incompatible publisher on " + ", ".join(sorted(self.qos_mismatches.seen))
         status = make_status(f"{self.get_name()}: inference", self.get_name(), level, message, values)
         self.diag_pub.publish(make_array(now.to_msg(), [status]))
 
