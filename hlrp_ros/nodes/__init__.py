@@ -119,6 +119,46 @@ def describe_parameters(specs: Sequence[ParamSpec]) -> str:
     return "\n".join(rows)
 
 
+def steady_timer(node, period: float, callback, **kwargs):
+    """A timer on the steady clock: it keeps firing while ROS time stands still (``use_sim_time`` with a
+    paused or missing ``/clock``), so diagnostics can say what the node waits for."""
+    from rclpy.clock import Clock, ClockType
+
+    return node.create_timer(period, callback, clock=Clock(clock_type=ClockType.STEADY_TIME), **kwargs)
+
+
+class SimClockWatch:
+    """With ``use_sim_time``, tells (once) that nothing runs until ``/clock`` does, and when it starts.
+
+    Timers on ROS time do not fire before the first clock message; call ``waiting()`` from a
+    ``steady_timer``.
+
+    Args:
+        node: The node.
+        blocked: What waits for the clock, in words ("nothing is commanded").
+    """
+
+    def __init__(self, node, blocked: str) -> None:
+        self._node, self._blocked = node, blocked
+        self._announced = False
+
+    def waiting(self) -> bool:
+        """Whether the node waits for its first ``/clock`` message (logged on the first call that sees it)."""
+        node = self._node
+        if not node.get_parameter("use_sim_time").value:
+            return False
+        waiting = node.get_clock().now().nanoseconds == 0
+        if waiting and not self._announced:
+            self._announced = True
+            node.get_logger().warning(f"waiting for /clock: use_sim_time is true and no clock message has arrived; "
+                                      f"{self._blocked} until the clock runs (is the simulator running and its "
+                                      f"clock bridged to /clock?)")
+        elif not waiting and self._announced:
+            self._announced = False
+            node.get_logger().info("/clock is running")
+        return waiting
+
+
 class QosMismatches:
     """Publishers whose QoS a node's subscriptions cannot match, said once in the node's own words.
 

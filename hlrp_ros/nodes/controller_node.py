@@ -24,7 +24,15 @@ from hlrp_ros.control.limits import JointLimits, SafetyFilter, limit_path
 from hlrp_ros.control.ordering import arrives_out_of_order
 from hlrp_ros.control.watchdog import OutputState, StateTracker, Watchdog
 from hlrp_ros.diagnostics import ERROR, OK, WARN, ReasonThrottle, make_array, make_status
-from hlrp_ros.nodes import ParameterError, ParamSpec, QosMismatches, declare_parameters, spin_until_shutdown
+from hlrp_ros.nodes import (
+    ParameterError,
+    ParamSpec,
+    QosMismatches,
+    SimClockWatch,
+    declare_parameters,
+    spin_until_shutdown,
+    steady_timer,
+)
 
 OUTPUT_MODES = ("joint_state", "float64_array", "joint_trajectory")
 
@@ -91,6 +99,7 @@ class ControllerNode(LifecycleNode):
         self._timer = self._diag_timer = self._chunk_sub = self._js_sub = None
         self._cmd_pub = self._diag_pub = None
         self.qos_mismatches = QosMismatches(self)
+        self.sim_clock = SimClockWatch(self, "nothing is commanded")
         self.reject = ReasonThrottle(self.get_logger().warning)  # chunks
         self.dropped_inputs = ReasonThrottle(self.get_logger().warning)  # joint states
         self.published = 0
@@ -165,7 +174,7 @@ class ControllerNode(LifecycleNode):
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._timer = self.create_timer(self.period, self.on_tick)
-        self._diag_timer = self.create_timer(self.params["diagnostics_period"], self.publish_diagnostics)
+        self._diag_timer = steady_timer(self, self.params["diagnostics_period"], self.publish_diagnostics)
         self.get_logger().info("active: waiting for action chunks on " + self.params["input_topic"])
         return super().on_activate(state)
 
@@ -404,6 +413,8 @@ class ControllerNode(LifecycleNode):
         state = self.tracker.state
         level = {OutputState.RUNNING: OK, OutputState.WAITING: OK, OutputState.HOLDING: WARN,
                  OutputState.STOPPED: ERROR}[state]
+        if state == OutputState.WAITING and self.tracker.reason.startswith("waiting for a measured"):
+            level = WARN  # chunks arrive but cannot be executed
         age = self.watchdog.age(now)
         values = {
             "state": state.value, "watchdog_tripped": self.watchdog.expired(now),
@@ -417,7 +428,10 @@ class ControllerNode(LifecycleNode):
             "commands_published": self.published, "seam_ramping": self.safety.ramping,
             **self.qos_mismatches.diagnostics(),
         }
-        status = make_status(f"{self.get_name()}: chunk execution", self.get_name(), level, self.tracker.reason, values)
+        message = self.tracker.reason
+        if self.sim_clock.waiting():
+            level, message = WARN, "waiting for /clock (use_sim_time): nothing is commanded"
+        status = make_status(f"{self.get_name()}: chunk execution", self.get_name(), level, message, values)
         self._diag_pub.publish(make_array(self.get_clock().now().to_msg(), [status]))
 
 

@@ -41,7 +41,15 @@ from hlrp_ros.chunk_codec import encode_chunk, time_to_ns
 from hlrp_ros.control.ordering import arrives_out_of_order
 from hlrp_ros.control.ticks import TickGate
 from hlrp_ros.diagnostics import OK, WARN, ReasonThrottle, make_array, make_status
-from hlrp_ros.nodes import ParameterError, ParamSpec, QosMismatches, declare_parameters, spin_until_shutdown
+from hlrp_ros.nodes import (
+    ParameterError,
+    ParamSpec,
+    QosMismatches,
+    SimClockWatch,
+    declare_parameters,
+    spin_until_shutdown,
+    steady_timer,
+)
 from hlrp_ros.policies.base import fitted_size
 from hlrp_ros.ros_image import BACKENDS, ImageConverter, ImageError
 
@@ -128,6 +136,7 @@ class PolicyNode(Node):
         self._instruction_used = ""
         self.gate = TickGate(self.params["inference_period"])
         self.qos_mismatches = QosMismatches(self)
+        self.sim_clock = SimClockWatch(self, "no inference runs")
         self._inference_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._create_interfaces()
         self.get_logger().info(
@@ -221,7 +230,7 @@ class PolicyNode(Node):
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.timer = self.create_timer(p["inference_period"], self.on_tick,
                                        callback_group=MutuallyExclusiveCallbackGroup())
-        self.create_timer(p["diagnostics_period"], self.publish_diagnostics, callback_group=inputs)
+        steady_timer(self, p["diagnostics_period"], self.publish_diagnostics, callback_group=inputs)
 
     def _subscribe_sensor(self, kind, topic: str, qos: QoSProfile, group) -> None:
         self.create_subscription(kind, topic, self._keeper(topic), qos, callback_group=group,
@@ -445,6 +454,8 @@ class PolicyNode(Node):
         values.update(self.qos_mismatches.diagnostics())
         stale = last is None or (now.nanoseconds - last) * 1e-9 > 3 * self.params["inference_period"]
         level, message = (WARN, "no recent chunk") if stale else (OK, "publishing chunks")
+        if self.sim_clock.waiting():
+            level, message = WARN, "waiting for /clock (use_sim_time): no inference runs"
         if self.qos_mismatches.seen:
             level = WARN
             message += "; incompatible publisher on " + ", ".join(sorted(self.qos_mismatches.seen))
