@@ -1,7 +1,8 @@
 """The interface every action-expert family implements, and the observation it consumes.
 
-Families: the SmolVLA-style HLRP expert (``hlrp``), later a PI0-style joint expert and a
-language-conditioned diffusion policy. Callers (policy node, tools, demo) only use this interface.
+Families: the SmolVLA-style HLRP expert (``hlrp``), a PI0-style joint expert and the diffusion policies
+(``hlrp_diffusion``, LeRobot's ``diffusion``), which condition on ``n_obs_steps`` observations
+(:attr:`Observation.history`). Callers (policy node, tools, demo) only use this interface.
 """
 
 from __future__ import annotations
@@ -42,12 +43,34 @@ class Observation:
         state: Proprioceptive state ``(state_dim,)``, un-normalised (robot units).
         instruction: Natural-language task instruction.
         abstract_tokens: Optional abstract action token ids (used when the policy enables that branch).
+        history: Earlier observations, oldest first, one ``config.observation_period`` apart, the last one a
+            period before this one. A policy with ``config.n_obs_steps = n > 1`` needs exactly ``n - 1`` of
+            them (otherwise it raises :class:`ObservationHistoryError`); the others ignore the field. Only
+            their images and state are used: the instruction and abstract tokens are this observation's.
     """
 
     images: dict[str, np.ndarray]
     state: np.ndarray
     instruction: str
     abstract_tokens: list[int] | None = None
+    history: list[Observation] | None = None
+
+
+class ObservationHistoryError(ValueError):
+    """The observation history a policy needs is missing, short or has a gap.
+
+    Attributes:
+        reason: Short machine-readable key (``history_short``, ``history_gap``, ...) for rejection counters.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def history_length(config: Any) -> int:
+    """Observations a policy conditions on (``config.n_obs_steps``; 1 for families without history)."""
+    return int(getattr(config, "n_obs_steps", 1) or 1)
 
 
 class ActionExpert(abc.ABC):

@@ -3,6 +3,8 @@
 * native HLRP (``config.json`` with ``"type": "hlrp"``) -> :meth:`HLRPPolicy.from_pretrained`
 * LeRobot SmolVLA (``config.json`` with ``"type": "smolvla"``) ->
   ``hlrp_ros.policies.lerobot_smolvla.load_lerobot_smolvla`` (imported lazily)
+* native diffusion (``"type": "hlrp_diffusion"``) -> :meth:`DiffusionPolicy.from_pretrained`
+* LeRobot Diffusion Policy (``"type": "diffusion"``) -> ``lerobot_diffusion.load_lerobot_diffusion``
 """
 
 from __future__ import annotations
@@ -57,4 +59,12 @@ def load_policy(
         from hlrp_ros.policies.hlrp.modeling_hlrp import HLRPPolicy
 
         return HLRPPolicy.from_pretrained(path, device=device, dtype=dtype, tokenizer_dir=tokenizer_dir)
+    if kind == "diffusion":
+        from hlrp_ros.policies.lerobot_diffusion import load_lerobot_diffusion
+
+        return load_lerobot_diffusion(path, device, dtype)
+    if kind == "hlrp_diffusion":
+        from hlrp_ros.policies.diffusion.modeling_diffusion import DiffusionPolicy
+
+        return DiffusionPolicy.from_pretrained(path, device=device, dtype=dtype, tokenizer_dir=tokenizer_dir)
     raise ValueError(f"unsupported checkpoint type {kind!r} in {path}/config.json (expected 'hlrp' or 'smolvla')")
