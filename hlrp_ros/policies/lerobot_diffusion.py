@@ -30,7 +30,7 @@ import torch
 
 from hlrp_ros.policies.diffusion.configuration_diffusion import DiffusionConfig
 from hlrp_ros.policies.diffusion.modeling_diffusion import DiffusionPolicy
-from hlrp_ros.policies.hlrp.modeling_hlrp import read_safetensors
+from hlrp_ros.policies.hlrp.modeling_hlrp import CheckpointError, read_safetensors
 from hlrp_ros.policies.lerobot_smolvla import (
     ACTION_KEY,
     CONFIG_FILE,
@@ -193,7 +193,10 @@ def load_lerobot_diffusion(path: str | Path, device: str | torch.device = "cpu",
         raise LeRobotCheckpointError(f"{weights_path}: unknown tensor(s) {bad[:10]}")
     # The normalisation buffers come from the processor files, not from model.safetensors.
     tensors.update({k: v for k, v in policy.state_dict().items() if k.startswith("normalize_")})
-    policy.load_weights(weights_path, tensors=tensors)
+    try:
+        policy.load_weights(weights_path, tensors=tensors)
+    except CheckpointError as exc:
+        raise LeRobotCheckpointError(str(exc)) from exc
     policy.set_normalization_stats(image=stats["image"] or None, state=stats["state"] or None,
                                    action=stats["action"] or None)
     policy.to_device_dtype(device, dtype)
