@@ -11,6 +11,7 @@ from diffusers import DDIMScheduler
 
 from hlrp_ros.policies.base import Observation, ObservationHistoryError, history_length
 from hlrp_ros.policies.diffusion import DiffusionConfig, DiffusionPolicy
+from hlrp_ros.policies.diffusion import modeling_diffusion as md
 from hlrp_ros.policies.diffusion.modeling_diffusion import (
     SpatialSoftmax,
     center_crop,
@@ -94,6 +95,19 @@ def test_crops_centre_at_inference_random_in_training():
     assert torch.equal(center_crop(x, 6, 8), x[..., 2:8, 2:10])
     crops = {tuple(random_crop(x, 6, 8, torch.Generator().manual_seed(s))[0, 0, 0, :2].tolist()) for s in range(20)}
     assert len(crops) > 3
+
+
+def test_inference_convolutions_as_one_matmul_match_torch(monkeypatch):
+    """The GEMM path of large 1D convolutions (inference on the CPU) computes what nn.Conv1d computes."""
+    monkeypatch.setattr(md, "MATMUL_MIN_WEIGHT", 0)
+    torch.manual_seed(0)
+    for kernel, bias in ((5, True), (3, False), (1, True)):
+        conv = torch.nn.Conv1d(12, 7, kernel, padding=kernel // 2, bias=bias)
+        x = torch.randn(3, 12, 9)
+        with torch.no_grad():
+            fast = md.conv1d(conv, x)
+        assert torch.allclose(fast, conv(x), atol=1e-5) and fast.shape == (3, 7, 9)
+        assert torch.allclose(md.conv1d(conv, x[:1]).detach(), conv(x[:1]), atol=1e-5)  # autograd: nn.Conv1d
 
 
 # --- sampling -------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 
 from hlrp_ros.policies.base import Observation
 from hlrp_ros.policies.diffusion import DiffusionPolicy
+from hlrp_ros.policies.diffusion import modeling_diffusion as md
 from hlrp_ros.policies.factory import load_policy
 from hlrp_ros.policies.lerobot_diffusion import LeRobotCheckpointError, load_lerobot_diffusion
 
@@ -97,6 +98,15 @@ def test_single_observations_match_lerobot_with_ddim(policies, cases):
             actions = policy.predict_action_chunk(observation("ddim", case, row), num_steps=n,
                                                   noise=case["noise"][row])
             assert (actions - case[f"actions.steps{n}"][row]).abs().max().item() <= TOL
+
+
+def test_matmul_convolutions_match_lerobot(policies, cases, monkeypatch):
+    """The fixtures' convolutions are small; forced onto the GEMM path (large models' path) they still match."""
+    monkeypatch.setattr(md, "MATMUL_MIN_WEIGHT", 0)
+    case, policy = cases["ddim"], policies["ddim"]
+    batch = [observation("ddim", case, r) for r in range(META["ddim"]["batch_size"])]
+    actions = policy.sample_chunk(policy.encode_prefix(batch), num_steps=10, noise=case["noise"])
+    assert (actions - case["actions.steps10"]).abs().max().item() <= TOL
 
 
 def test_every_input_changes_the_actions(policies, cases):
