@@ -3,6 +3,8 @@
 * native HLRP (``config.json`` with ``"type": "hlrp"``) -> :meth:`HLRPPolicy.from_pretrained`
 * LeRobot SmolVLA (``config.json`` with ``"type": "smolvla"``) ->
   ``hlrp_ros.policies.lerobot_smolvla.load_lerobot_smolvla`` (imported lazily)
+* native PI0 / PI0.5 (``"type": "hlrp_pi0"``) -> :meth:`PI0Policy.from_pretrained`
+* LeRobot PI0 / PI0.5 (``"type": "pi0"`` / ``"pi05"``) -> ``hlrp_ros.policies.lerobot_pi0.load_lerobot_pi0``
 * native diffusion (``"type": "hlrp_diffusion"``) -> :meth:`DiffusionPolicy.from_pretrained`
 * LeRobot Diffusion Policy (``"type": "diffusion"``) -> ``lerobot_diffusion.load_lerobot_diffusion``
 """
@@ -55,6 +57,14 @@ def load_policy(
         from hlrp_ros.policies.lerobot_smolvla import load_lerobot_smolvla
 
         return load_lerobot_smolvla(path, device, dtype, tokenizer_dir=tokenizer_dir)
+    if kind in ("pi0", "pi05"):
+        from hlrp_ros.policies.lerobot_pi0 import load_lerobot_pi0
+
+        return load_lerobot_pi0(path, device, dtype, tokenizer_dir=tokenizer_dir)
+    if kind == "hlrp_pi0":
+        from hlrp_ros.policies.pi0.modeling_pi0 import PI0Policy
+
+        return PI0Policy.from_pretrained(path, device=device, dtype=dtype, tokenizer_dir=tokenizer_dir)
     if kind == "hlrp":
         from hlrp_ros.policies.hlrp.modeling_hlrp import HLRPPolicy
 
