@@ -121,7 +121,7 @@ class DiffusionProcessor:
         arr = torch.as_tensor(np.asarray(image))
         if arr.ndim != 3 or arr.shape[-1] != 3:
             raise ValueError(f"expected an RGB image (H, W, 3), got shape {tuple(arr.shape)}")
-        img = arr.permute(2, 0, 1).to(torch.float32)
+        img = arr.permute(2, 0, 1).to(torch.float32, memory_format=torch.contiguous_format)
         if arr.dtype == torch.uint8:
             img = img / 255.0
         height, width = self.config.image_size
