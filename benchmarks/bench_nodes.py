@@ -166,7 +166,9 @@ def bench_jitter(env, seconds: float, rates=(50.0, 100.0)) -> list[str]:
                                                                 "action_period": 0.02, "torch_threads": 1},
                                          env=env, log_dir=tmp).start()
                 for rate in rates:
-                    rows.append(_jitter_row(spinner, env, tmp, rate, seconds, chunks if with_policy else None))
+                    for thread in (True, False):  # side by side: the control thread, then an executor timer
+                        rows.append(_jitter_row(spinner, env, tmp, rate, seconds, chunks if with_policy else None,
+                                                thread))
         finally:
             if policy is not None:
                 policy.stop()
@@ -174,7 +176,7 @@ def bench_jitter(env, seconds: float, rates=(50.0, 100.0)) -> list[str]:
     return rows
 
 
-def _jitter_row(spinner, env, tmp, rate: float, seconds: float, chunks) -> str:
+def _jitter_row(spinner, env, tmp, rate: float, seconds: float, chunks, control_thread: bool = True) -> str:
     """One controller run at ``rate``; with ``chunks`` (the policy's output) it executes them."""
     from ros_testing import wait_for
     from sensor_msgs.msg import JointState
@@ -182,14 +184,17 @@ def _jitter_row(spinner, env, tmp, rate: float, seconds: float, chunks) -> str:
     from hlrp_ros.chunk_codec import time_to_ns
     from hlrp_ros.graph import NodeProcess
 
-    topic = f"/bench/command_{int(rate)}_{'policy' if chunks is not None else 'idle'}"
+    topic = (f"/bench/command_{int(rate)}_{'policy' if chunks is not None else 'idle'}_"
+             f"{'thread' if control_thread else 'timer'}")
     commands = spinner.collect(JointState, topic)
     ctl = NodeProcess("controller_node", name=f"controller_{int(rate)}", env=env, log_dir=tmp, params={
         "joint_names": ["shoulder", "elbow"], "control_rate": rate, "output_topic": topic,
+        "control_thread": control_thread,
         "watchdog_timeout": 2.0 if chunks is not None else 600.0, "input_topic": "/action_chunk" if chunks is not None else "/bench/no_chunks",
         # idle: no joint state source, the long chunk is commanded as sent
         **({} if chunks is not None else {"joint_states_topic": "", "require_joint_state": False})}).start()
-    label = "policy_node inferring" if chunks is not None else "idle (no policy_node)"
+    label = ("policy_node inferring" if chunks is not None else "idle (no policy_node)") + (
+        ", control thread" if control_thread else ", executor timer")
     try:
         if chunks is None:
             # Idle: feed one long chunk so that the controller runs without a policy process.

@@ -32,14 +32,27 @@ EXECUTABLES = {
 }
 
 
-def isolated_ros_env(domain_id: int | None = None, base: dict[str, str] | None = None) -> dict[str, str]:
+FASTDDS_PROFILE_ENV = "FASTDDS_DEFAULT_PROFILES_FILE"
+
+
+def fastdds_profile() -> Path:
+    """The shipped Fast DDS profile for camera-sized messages (``config/fastdds_shm.xml``)."""
+    return package_share() / "config" / "fastdds_shm.xml"
+
+
+def isolated_ros_env(domain_id: int | None = None, base: dict[str, str] | None = None,
+                     large_messages: bool = True) -> dict[str, str]:
     """Environment for a private DDS graph: a random domain, discovery on localhost only.
 
     Args:
         domain_id: ROS_DOMAIN_ID to use; random in [1, 100] when None.
         base: environment to start from (default: this process's).
+        large_messages: Use the shipped Fast DDS shared-memory profile (camera frames arrive whole)
+            unless the environment already names a profile.
     """
     env = dict(os.environ if base is None else base)
+    if large_messages:
+        env.setdefault(FASTDDS_PROFILE_ENV, str(fastdds_profile()))
     # SystemRandom: a tool that seeded `random` must not hand two concurrent runs the same domain.
     env["ROS_DOMAIN_ID"] = str(domain_id if domain_id is not None else random.SystemRandom().randint(1, 100))
     env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"

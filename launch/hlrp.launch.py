@@ -7,16 +7,19 @@
 Parameter files are applied in order: ``params_file`` (default config/hlrp.yaml), then
 config/demo.yaml when ``use_sim`` is true, then the ``checkpoint``/``device`` arguments.
 The remapping arguments rename the nodes' topics /camera/image_raw, /joint_states and
-/joint_command (e.g. to a simulator's names).
+/joint_command (e.g. to a simulator's names). ``fastdds_profile`` (default: the shipped
+config/fastdds_shm.xml, a 32 MiB shared-memory segment so that camera frames arrive whole) is
+exported as FASTDDS_DEFAULT_PROFILES_FILE for the nodes; ``fastdds_profile:=''`` keeps Fast DDS's
+defaults. The camera driver must use the same profile.
 """
 
 import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, GroupAction
+from launch.actions import DeclareLaunchArgument, GroupAction, SetEnvironmentVariable
 from launch.conditions import IfCondition, UnlessCondition
-from launch.substitutions import LaunchConfiguration
+from launch.substitutions import LaunchConfiguration, PythonExpression
 from launch_ros.actions import Node, PushRosNamespace
 
 PACKAGE = "hlrp_ros"
@@ -65,6 +68,11 @@ def generate_launch_description() -> LaunchDescription:
                               description="Joint state topic (remaps /joint_states)"),
         DeclareLaunchArgument("command_topic", default_value="/joint_command",
                               description="Controller command topic (remaps /joint_command)"),
+        DeclareLaunchArgument("fastdds_profile", default_value=os.path.join(share, "config", "fastdds_shm.xml"),
+                              description="Fast DDS XML profile exported to the nodes (empty: Fast DDS defaults)"),
+        SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", LaunchConfiguration("fastdds_profile"),
+                               condition=IfCondition(PythonExpression(
+                                   ["'", LaunchConfiguration("fastdds_profile"), "' != ''"]))),
         GroupAction(_nodes([params_file], with_sim=False), condition=UnlessCondition(use_sim)),
         GroupAction(_nodes([params_file, demo_params], with_sim=True), condition=IfCondition(use_sim)),
     ])

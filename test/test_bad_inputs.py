@@ -237,7 +237,8 @@ def controller(context):
     from hlrp_ros.nodes.controller_node import ControllerNode
 
     params = {"joint_names": JOINTS, "input_topic": "/bad/chunk", "output_topic": "/bad/command",
-              "joint_states_topic": "", "require_joint_state": False, "max_chunk_age": 1.0}
+              "joint_states_topic": "", "require_joint_state": False, "max_chunk_age": 1.0,
+              "control_thread": False}  # ticks are driven by hand
     node = ControllerNode("bad_input_controller", context=context,
                           parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
     node.trigger_configure()

@@ -186,7 +186,7 @@ def test_seam_jump_from_measured_position_is_ramped_within_velocity_limit(rclpy_
 
     params = controller_params(joint_states_topic="/hlrp_test/seam/joint_states", velocity_limits=[1.0, 1.0],
                                seam_threshold=0.1, seam_ramp_scale=0.5, position_limits_upper=[0.4, 10.0],
-                               position_limits_lower=[-10.0, -10.0])
+                               position_limits_lower=[-10.0, -10.0], control_thread=False)
     node = ControllerNode("seam_controller", context=rclpy_context,
                           parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
     try:

@@ -61,7 +61,8 @@ def make_controller(context, clock):
     def make(**overrides):
         params = {"joint_names": JOINTS, "input_topic": "/safety/chunk", "output_topic": "/safety/command",
                   "joint_states_topic": JS, "control_rate": 50.0, "max_chunk_age": 1.0, "watchdog_timeout": 0.5,
-                  "velocity_limits": [1.0, 1.0], "seam_threshold": 0.0}
+                  "velocity_limits": [1.0, 1.0], "seam_threshold": 0.0,
+                  "control_thread": False}  # the test drives the ticks
         params.update(overrides)
         node = ControllerNode(f"safety_controller_{len(nodes)}", context=context,
                               parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])

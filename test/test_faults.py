@@ -268,3 +268,39 @@ def test_sim_time_waits_for_the_clock_and_a_clock_jump_back_drops_pending_chunks
                         (bench.controller() or {}).get("chunk_id") == "3", STARTUP_TIMEOUT), controller.output()
         assert not re.search(r"rejected ActionChunk 3 ", controller.output()), controller.output()
     assert controller.stop() == 0, controller.output()
+
+
+@pytest.mark.parametrize("signals", [(signal.SIGINT, signal.SIGINT), (signal.SIGTERM,)],
+                         ids=["ctrl-c under ros2 launch", "sigterm"])
+def test_every_node_exits_cleanly_on_a_signal_and_the_controller_ends_with_a_hold(
+        node_process, checkpoint, rclpy_context, ros_env, signals):
+    """Ctrl-C in a terminal under ``ros2 launch`` signals the whole process group, then launch signals each
+    node again: two SIGINTs, while the policy may be inferring."""
+    from trajectory_msgs.msg import JointTrajectory
+
+    with SpinningNode(rclpy_context) as spinner:
+        bench = Bench(spinner)
+        bench.measured = [0.0, 0.0]
+        trajectories = spinner.collect(JointTrajectory, "/fault/trajectory")
+        sensors = python_process(["-c", SENSOR_SOURCE], env=ros_env)
+        try:
+            nodes = [node_process("demo_sim"),
+                     node_process("controller_node", params=controller_params(output_mode="joint_trajectory",
+                                                                          output_topic="/fault/trajectory")),
+                     node_process("policy_node", params={**policy_params(checkpoint), "inference_period": 0.05})]
+            assert wait_for(lambda: len(trajectories) >= 5, STARTUP_TIMEOUT), nodes[1].output()
+            for sig in signals:
+                for proc in nodes:
+                    os.killpg(proc.pid, sig)
+                time.sleep(0.05)
+            codes = {proc.node_name: proc.wait(timeout=30.0) for proc in nodes}
+        finally:
+            stop_process_group(sensors)
+        time.sleep(0.5)  # the final hold is in flight
+        last = list(trajectories)[-1][1]
+    for proc in nodes:
+        assert codes[proc.node_name] == 0, proc.output()
+        for symptom in ("Traceback", "KeyboardInterrupt", "RCLError", "Failed to publish", "context is invalid"):
+            assert symptom not in proc.output(), proc.output()
+    assert len(last.points) == 1, "the last trajectory must be a one-point hold"
+    assert "shutting down: published a hold of the last command" in nodes[1].output()

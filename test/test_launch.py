@@ -20,7 +20,7 @@ from hlrp_ros.graph import EXECUTABLES
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch" / "hlrp.launch.py"
 ARGUMENTS = {"params_file", "checkpoint", "device", "use_sim", "namespace", "camera_topic",
-             "joint_states_topic", "command_topic"}
+             "joint_states_topic", "command_topic", "fastdds_profile"}
 
 
 def _calls(name: str) -> list[ast.Call]:

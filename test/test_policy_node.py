@@ -144,6 +144,9 @@ def test_chunks_from_synthetic_inputs_and_a_new_instruction_from_another_process
         assert values is not None, "no diagnostics from policy_node"
         assert int(values["chunks_published"]) >= 1 and "skipped_ticks" in values
         assert float(values["inference_latency_max"]) > 0
+        # each camera's received rate, newest frame age and transport losses (sent at 10 Hz)
+        assert float(values["camera.top.rate_hz"]) > 0 and 0 <= float(values["camera.wrist.age_s"]) < 2.0
+        assert values["camera.top.lost"] == "0"
     assert proc.returncode() is None, proc.output()
     assert proc.stop() == 0, proc.output()
 

@@ -10,9 +10,9 @@ counting ticks, so late ticks still command what is due. Never imports torch.
 from __future__ import annotations
 
 import sys
+import threading
 
 import numpy as np
-import rclpy
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 
@@ -21,6 +21,7 @@ from hlrp_ros.control.admission import ChunkAdmission, run_label
 from hlrp_ros.control.chunk import INTERPOLATION_MODES, TimedChunk
 from hlrp_ros.control.executor import ChunkExecutor
 from hlrp_ros.control.limits import JointLimits, SafetyFilter, limit_path
+from hlrp_ros.control.loop import ControlLoop
 from hlrp_ros.control.ordering import arrives_out_of_order
 from hlrp_ros.control.watchdog import OutputState, StateTracker, Watchdog
 from hlrp_ros.diagnostics import ERROR, OK, WARN, ReasonThrottle, make_array, make_status
@@ -29,15 +30,21 @@ from hlrp_ros.nodes import (
     ParamSpec,
     QosMismatches,
     SimClockWatch,
+    accept_live_updates,
     declare_parameters,
+    init_ros,
+    shutdown_ros,
     spin_until_shutdown,
     steady_timer,
 )
 
 OUTPUT_MODES = ("joint_state", "float64_array", "joint_trajectory")
 
+LIMITS_FIXED = "safety limits stay as configured while the node is active (reconfigure it through its lifecycle)"
+
 PARAMS = (
-    ParamSpec("joint_names", [], "Joints commanded, in output order; chunks are re-ordered by name to it."),
+    ParamSpec("joint_names", [], "Joints commanded, in output order; chunks are re-ordered by name to it.",
+              fixed_because="they fix the output order and the limits' joints"),
     ParamSpec("control_rate", 50.0, "Command rate (Hz).", minimum=1.0, maximum=1000.0),
     ParamSpec("input_topic", "/action_chunk", "hlrp_ros/ActionChunk input."),
     ParamSpec("output_mode", "joint_state", "joint_state: sensor_msgs/JointState positions (Isaac Sim "
@@ -52,30 +59,42 @@ PARAMS = (
               "max_joint_state_age) arrived on joint_states_topic. false: without one, commanding starts from the "
               "last command or, before any, jumps straight to the first due action (no speed limit on that step)."),
     ParamSpec("max_joint_state_age", 1.0, "A measured joint state received longer ago than this is not used as "
-              "the start of a ramp (s).", minimum=0.001, maximum=3600.0),
+              "the start of a ramp (s).", minimum=0.001, maximum=3600.0, read_only=False),
     ParamSpec("interpolation", "hold", "Between due times: hold the due action or interpolate linearly to the next.",
               choices=INTERPOLATION_MODES),
     ParamSpec("blend_time", 0.0, "Seconds over which a new chunk is blended in from the old one (0: switch).",
               minimum=0.0, maximum=10.0),
     ParamSpec("watchdog_timeout", 1.0, "Seconds without a chunk starting to execute before the watchdog trips "
-              "(s); chunks accepted but not yet due do not count.", minimum=0.001, maximum=3600.0),
+              "(s); chunks accepted but not yet due do not count.", minimum=0.001, maximum=3600.0, read_only=False),
     ParamSpec("on_timeout", "hold", "When the chunk ran out or the watchdog tripped: hold the last safe command "
               "(keep publishing it) or stop publishing.", choices=("hold", "stop")),
     ParamSpec("max_chunk_age", 2.0, "A chunk whose observation is older than this on arrival (or stamped this "
               "far in the future) is rejected (s); "
               "must exceed the policy's inference latency plus its max_observation_age.",
-              minimum=0.0, maximum=3600.0),
+              minimum=0.0, maximum=3600.0, read_only=False),
     ParamSpec("max_start_delay", 1.0, "A chunk whose first action is due more than this after it arrives is "
               "rejected (s): a policy clock running ahead, or a chunk meant for later, must not sit in the queue.",
-              minimum=0.0, maximum=3600.0),
-    ParamSpec("position_limits_lower", [], "Lowest position per joint (empty: unlimited).", item_type=float),
-    ParamSpec("position_limits_upper", [], "Highest position per joint (empty: unlimited).", item_type=float),
-    ParamSpec("velocity_limits", [], "Largest speed per joint, unit/s (empty: unlimited).", item_type=float),
+              minimum=0.0, maximum=3600.0, read_only=False),
+    ParamSpec("position_limits_lower", [], "Lowest position per joint (empty: unlimited).", item_type=float,
+              fixed_because=LIMITS_FIXED),
+    ParamSpec("position_limits_upper", [], "Highest position per joint (empty: unlimited).", item_type=float,
+              fixed_because=LIMITS_FIXED),
+    ParamSpec("velocity_limits", [], "Largest speed per joint, unit/s (empty: unlimited).", item_type=float,
+              fixed_because=LIMITS_FIXED),
     ParamSpec("seam_threshold", 0.2, "Largest per-joint jump accepted at a chunk seam; larger ones are ramped "
               "(position unit; 0 disables the guard).", minimum=0.0),
     ParamSpec("seam_ramp_scale", 0.5, "Seam ramp speed as a fraction of velocity_limits.", minimum=0.01, maximum=1.0),
     ParamSpec("seam_ramp_velocity", 0.5, "Seam ramp speed for joints without a velocity limit (unit/s).",
               minimum=1e-6),
+    ParamSpec("control_thread", True, "Tick from a dedicated thread at absolute deadlines of the steady clock "
+              "(commands stay on time while the policy infers on the same cores) instead of an executor timer. "
+              "With use_sim_time the ticks always follow /clock through a timer."),
+    ParamSpec("realtime_priority", 50, "SCHED_FIFO priority of the control thread when the system permits it "
+              "(root, CAP_SYS_NICE or an rtprio limit; else normal priority, logged); 0: normal priority.",
+              minimum=0, maximum=99),
+    ParamSpec("active_wait", 0.002, "Last part of each wait of the control thread spent polling the clock instead "
+              "of sleeping (s): it covers the machine's wake-up latency (about 2 ms on a virtual machine; 0.1-0.3 ms "
+              "on bare metal) at the cost of that share of one core.", minimum=0.0, maximum=0.05),
     ParamSpec("autostart", True, "Configure and activate at start-up (no lifecycle manager needed)."),
     ParamSpec("diagnostics_period", 1.0, "Seconds between /diagnostics messages.", minimum=0.05, maximum=60.0),
 )
@@ -97,6 +116,10 @@ class ControllerNode(LifecycleNode):
         except ParameterError as exc:
             self.config_error = exc
         self._timer = self._diag_timer = self._chunk_sub = self._js_sub = None
+        self._loop: ControlLoop | None = None
+        self._live_updates = False
+        # Ticks may run on the control thread; chunks, joint states and diagnostics on the executor's.
+        self._lock = threading.Lock()
         self._cmd_pub = self._diag_pub = None
         self.qos_mismatches = QosMismatches(self)
         self.sim_clock = SimClockWatch(self, "nothing is commanded")
@@ -148,6 +171,9 @@ class ControllerNode(LifecycleNode):
         self.safety = SafetyFilter(self.limits, p["seam_threshold"], p["seam_ramp_scale"], p["seam_ramp_velocity"],
                                    max_step_time=2.0 * self.period)
         self.watchdog = Watchdog(p["watchdog_timeout"])
+        if not self._live_updates:
+            self._live_updates = True
+            accept_live_updates(self, PARAMS, self.params, apply=self._apply_live)
         self.admission = ChunkAdmission()
         self.tracker = StateTracker()
         self._cmd_pub = self.create_lifecycle_publisher(self._output_type(), p["output_topic"], 10)
@@ -173,12 +199,20 @@ class ControllerNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._timer = self.create_timer(self.period, self.on_tick)
+        if self.params["control_thread"] and not self.get_parameter("use_sim_time").value:
+            sys.setswitchinterval(2e-4)  # the tick thread waits for the GIL at most this long
+            self._loop = ControlLoop(self.period, self._locked_tick, self.params["realtime_priority"],
+                                     active_wait=self.params["active_wait"], on_error=self._tick_failed)
+            self._loop.start()
+            self.get_logger().info(f"control thread at absolute deadlines, {self._loop.scheduling}")
+        else:
+            self._timer = self.create_timer(self.period, self._locked_tick)
         self._diag_timer = steady_timer(self, self.params["diagnostics_period"], self.publish_diagnostics)
         self.get_logger().info("active: waiting for action chunks on " + self.params["input_topic"])
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_loop()
         for timer in (self._timer, self._diag_timer):
             if timer is not None:
                 self.destroy_timer(timer)
@@ -192,6 +226,27 @@ class ControllerNode(LifecycleNode):
                 self.destroy_subscription(sub)
         self._chunk_sub = self._js_sub = None
         return TransitionCallbackReturn.SUCCESS
+
+    def _apply_live(self, name: str, value) -> None:
+        if name == "watchdog_timeout":
+            self.watchdog.timeout = value
+
+    def _stop_loop(self) -> None:
+        if self._loop is not None:
+            self._loop.stop()
+            self._loop = None
+
+    def destroy_node(self) -> None:
+        self._stop_loop()  # no tick may publish through a destroyed publisher
+        super().destroy_node()
+
+    def _locked_tick(self) -> None:
+        with self._lock:
+            self.on_tick()
+
+
+    def _tick_failed(self, exc: BaseException) -> None:
+        self.get_logger().error(f"control tick failed: {type(exc).__name__}: {exc}")
 
     # ----------------------------------------------------------------------------- message types
     def _output_type(self):
@@ -227,6 +282,10 @@ class ControllerNode(LifecycleNode):
         if not np.all(np.isfinite(positions)):
             return
         stamp = time_to_ns(msg.header.stamp)
+        with self._lock:
+            self._keep_measured(positions, now, stamp)
+
+    def _keep_measured(self, positions: np.ndarray, now: float, stamp: int) -> None:
         if self.measured is not None and arrives_out_of_order(stamp, self.measured[2], now - self.measured[1],
                                                               self.params["max_joint_state_age"]):
             self.dropped_inputs("joint_state_out_of_order", f"dropped a joint state on {self.params['joint_states_topic']} "
@@ -244,6 +303,10 @@ class ControllerNode(LifecycleNode):
             self.reject(f"chunk_{exc.reason}", f"rejected ActionChunk {msg.chunk_id} ({run_label(msg.run_id)}): {exc}")
             return
         timed = TimedChunk(chunk.chunk_id, chunk.first_action_ns * 1e-9, chunk.dt, chunk.actions, chunk.stamp_ns * 1e-9)
+        with self._lock:  # decoding above needs no lock: the control thread waits only for this part
+            self._admit(chunk, timed, now)
+
+    def _admit(self, chunk, timed: TimedChunk, now: float) -> None:
         problem = self._timing_problem(timed, now)
         verdict = self.admission.check(chunk.run_id, chunk.chunk_id, timed.stamp) if problem is None else None
         if problem is None and not verdict.accepted:
@@ -407,7 +470,34 @@ class ControllerNode(LifecycleNode):
         self._cmd_pub.publish(msg)
         self.published += 1
 
+    def _timing_values(self) -> dict:
+        loop = self._loop
+        if loop is None:
+            return {"control_thread": False}
+        return {"control_thread": True, "tick_late_p50_ms": loop.late_percentile(50) * 1e3,
+                "tick_late_p99_ms": loop.late_percentile(99) * 1e3, "ticks_missed": loop.missed,
+                "scheduling": loop.scheduling}
+
+    def hold_on_shutdown(self) -> None:
+        """The last command once more, as a hold: a trajectory controller drops the rest of the path."""
+        self._stop_loop()
+        safety = getattr(self, "safety", None)
+        if self._cmd_pub is None or safety is None or safety.last is None or not self.context.ok():
+            return
+        now = _sec(self.get_clock())
+        self._hold_sent = False
+        if self.params["output_mode"] == "joint_trajectory":
+            self._publish_trajectory(now, safety.last, hold=True)
+        else:
+            self._publish_positions(now, safety.last)
+        self.get_logger().info("shutting down: published a hold of the last command")
+
     def publish_diagnostics(self) -> None:
+        with self._lock:  # read under the lock, publish outside it
+            array = self._diagnostics()
+        self._diag_pub.publish(array)
+
+    def _diagnostics(self):
         now = _sec(self.get_clock())
         current = self.executor_.current
         state = self.tracker.state
@@ -426,18 +516,19 @@ class ControllerNode(LifecycleNode):
             "chunks_accepted": self.accepted, "chunks_rejected": self.reject.total,
             "joint_states_dropped": self.dropped_inputs.total,
             "commands_published": self.published, "seam_ramping": self.safety.ramping,
+            **self._timing_values(),
             **self.qos_mismatches.diagnostics(),
         }
         message = self.tracker.reason
         if self.sim_clock.waiting():
             level, message = WARN, "waiting for /clock (use_sim_time): nothing is commanded"
         status = make_status(f"{self.get_name()}: chunk execution", self.get_name(), level, message, values)
-        self._diag_pub.publish(make_array(self.get_clock().now().to_msg(), [status]))
+        return make_array(self.get_clock().now().to_msg(), [status])
 
 
 def main(args=None) -> int:
     """Run the controller; exit code 1 when the configuration is invalid."""
-    rclpy.init(args=args)
+    init_ros(args)
     node = ControllerNode()
     code = 0
     try:
@@ -449,11 +540,12 @@ def main(args=None) -> int:
                 node.trigger_activate()
         if code == 0:
             spin_until_shutdown(node)
+            node.hold_on_shutdown()
     except KeyboardInterrupt:  # during start-up
         pass
     finally:
         node.destroy_node()
-        rclpy.try_shutdown()
+        shutdown_ros()
     return code
 
 

@@ -32,13 +32,12 @@ import json
 import time
 
 import numpy as np
-import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray, String
 
-from hlrp_ros.nodes import spin_until_shutdown
+from hlrp_ros.nodes import init_ros, shutdown_ros, spin_until_shutdown
 from hlrp_ros.sim.language import parse_colour
 from hlrp_ros.sim.render import Camera
 from hlrp_ros.sim.world import COLOURS, World, WorldSpec
@@ -209,7 +208,7 @@ class DemoSim(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
+    init_ros(args)
     node = None
     try:
         node = DemoSim()
@@ -219,8 +218,7 @@ def main(args: list[str] | None = None) -> int:
     finally:
         if node is not None:
             node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+        shutdown_ros()
     return 0
 
 

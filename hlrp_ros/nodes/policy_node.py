@@ -46,7 +46,10 @@ from hlrp_ros.nodes import (
     ParamSpec,
     QosMismatches,
     SimClockWatch,
+    accept_live_updates,
     declare_parameters,
+    init_ros,
+    shutdown_ros,
     spin_until_shutdown,
     steady_timer,
 )
@@ -54,7 +57,8 @@ from hlrp_ros.policies.base import fitted_size
 from hlrp_ros.ros_image import BACKENDS, ImageConverter, ImageError
 
 PARAMS = (
-    ParamSpec("checkpoint", "", "Policy checkpoint directory (native HLRP or LeRobot SmolVLA)."),
+    ParamSpec("checkpoint", "", "Policy checkpoint directory (native HLRP or LeRobot SmolVLA).",
+              fixed_because="the model is loaded once, at start-up"),
     ParamSpec("tokenizer_dir", "", "Tokenizer directory passed to load_policy (LeRobot checkpoints; empty: none)."),
     ParamSpec("device", "cpu", "Torch device: cpu, cuda, cuda:N."),
     ParamSpec("dtype", "float32", "Model dtype.", choices=("float32", "bfloat16", "float16")),
@@ -68,25 +72,25 @@ PARAMS = (
               "(empty: not subscribed)."),
     ParamSpec("joint_names", [], "Joints defining the order of state and action dimensions "
               "(empty: the checkpoint's joint_names)."),
-    ParamSpec("inference_period", 0.5, "Timer period between inferences (s).", minimum=0.001, maximum=3600.0),
+    ParamSpec("inference_period", 0.5, "Timer period between inferences (s).", minimum=0.001, maximum=3600.0, read_only=False),
     ParamSpec("action_period", 0.1, "Seconds between consecutive actions of a chunk (ActionChunk.dt).",
               minimum=1e-4, maximum=60.0),
     ParamSpec("first_action_delay", 0.0, "actions[0] is due this long after the inputs were gathered (s).",
-              minimum=-10.0, maximum=10.0),
-    ParamSpec("num_steps", 0, "Denoising steps (0: the checkpoint's num_steps).", minimum=0, maximum=1000),
+              minimum=-10.0, maximum=10.0, read_only=False),
+    ParamSpec("num_steps", 0, "Denoising steps (0: the checkpoint's num_steps).", minimum=0, maximum=1000, read_only=False),
     ParamSpec("n_action_steps", 0, "Actions published per chunk (0: the checkpoint's n_action_steps).",
-              minimum=0, maximum=100000),
+              minimum=0, maximum=100000, read_only=False),
     ParamSpec("max_observation_age", 0.5, "Inputs older than this, or stamped this far in the future (clocks out of "
-              "sync), block inference (s).", minimum=0.0, maximum=3600.0),
+              "sync), block inference (s).", minimum=0.0, maximum=3600.0, read_only=False),
     ParamSpec("output_topic", "/action_chunk", "hlrp_ros/ActionChunk output."),
     ParamSpec("image_size_mismatch", "resize", "Image size different from the model's: resize with padding "
               "(the processor's documented behaviour; warned once per camera and size) or reject.",
-              choices=("resize", "reject")),
+              choices=("resize", "reject"), read_only=False),
     ParamSpec("image_backend", "auto", "Image conversion: cv_bridge when importable (auto), or the numpy/OpenCV "
               "fallback.", choices=BACKENDS),
     ParamSpec("max_instruction_chars", 4096, "Instructions longer than this many characters are cut before "
-              "tokenising (then truncated to the tokenizer limit), with a warning.", minimum=1),
-    ParamSpec("seed", -1, "Seed of the denoising noise (-1: random).", minimum=-1),
+              "tokenising (then truncated to the tokenizer limit), with a warning.", minimum=1, read_only=False),
+    ParamSpec("seed", -1, "Seed of the denoising noise (-1: random).", minimum=-1, read_only=False),
     ParamSpec("torch_threads", 0, "torch.set_num_threads (0: torch's default).", minimum=0, maximum=256),
     ParamSpec("tune_host_memory", True, "CPU inference: back large tensors with transparent huge pages and keep "
               "freed memory in the process (no page faults at steady state; the process keeps its peak memory). "
@@ -136,9 +140,13 @@ class PolicyNode(Node):
         self._instruction_used = ""
         self.gate = TickGate(self.params["inference_period"])
         self.qos_mismatches = QosMismatches(self)
+        # per camera topic: frames received, lost in transport (middleware count), and at the last report
+        self.camera_stats = {t: {"received": 0, "lost": 0, "reported": 0, "reported_ns": None}
+                             for t in self.params["camera_topics"]}
         self.sim_clock = SimClockWatch(self, "no inference runs")
         self._inference_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._create_interfaces()
+        accept_live_updates(self, PARAMS, self.params, self._check_live, self._apply_live)
         self.get_logger().info(
             f"ready: cameras {dict(zip(self.params['camera_topics'], self.params['camera_names']))}, "
             f"joints {self.joint_names}, {self.n_action_steps} actions every {self.params['inference_period']:g} s, "
@@ -233,10 +241,23 @@ class PolicyNode(Node):
         steady_timer(self, p["diagnostics_period"], self.publish_diagnostics, callback_group=inputs)
 
     def _subscribe_sensor(self, kind, topic: str, qos: QoSProfile, group) -> None:
+        lost = self._lost_reporter(topic) if topic in self.camera_stats else None
         self.create_subscription(kind, topic, self._keeper(topic), qos, callback_group=group,
                                  event_callbacks=self.qos_mismatches.callbacks(
                                      topic, "best effort, volatile", "Any publisher should match: check the "
-                                     "deadline and liveliness settings of the publisher."))
+                                     "deadline and liveliness settings of the publisher.", message_lost=lost))
+
+    def _lost_reporter(self, topic: str):
+        """Frames the middleware saw but could not deliver whole (too large for its transport, mostly)."""
+        def on_lost(event) -> None:
+            stats = self.camera_stats[topic]
+            stats["lost"] = int(event.total_count)
+            self.reject(f"camera_lost_{topic}", f"camera {topic}: {stats['lost']} frames lost in transport so far "
+                                                f"({stats['received']} received): frames larger than the DDS "
+                                                f"transport carries whole? Use the shipped Fast DDS profile "
+                                                f"(config/fastdds_shm.xml, FASTDDS_DEFAULT_PROFILES_FILE) on both "
+                                                f"ends")
+        return on_lost
 
     def _subscribe_command(self, kind, topic: str, group) -> None:
         """Two subscriptions: latched publishers' stored message reaches only a transient-local reader,
@@ -267,7 +288,31 @@ class PolicyNode(Node):
                                                          f"replayed bag?)")
                     return
             self.latest[topic] = (msg, received)
+            stats = self.camera_stats.get(topic)
+            if stats is not None:
+                stats["received"] += 1
         return keep
+
+    def _check_live(self, name: str, value) -> str | None:
+        """What the loaded model cannot take (ranges are checked by the specs)."""
+        chunk_size = self.policy.config.chunk_size
+        if name == "n_action_steps" and (value or self.policy.config.n_action_steps) > chunk_size:
+            return f"{value} > the model's chunk_size {chunk_size}"
+        return None
+
+    def _apply_live(self, name: str, value) -> None:
+        """Changes that need more than the new value in ``self.params`` (read at every inference)."""
+        import torch
+
+        if name == "num_steps":
+            self.num_steps = value or None
+        elif name == "n_action_steps":
+            self.n_action_steps = value or self.policy.config.n_action_steps
+        elif name == "seed":
+            self.generator = torch.Generator().manual_seed(value) if value >= 0 else None
+        elif name == "inference_period":
+            self.timer.timer_period_ns = int(round(value * 1e9))
+            self.gate.period = value
 
     # ----------------------------------------------------------------------------- inputs
     def _fresh(self, latest: dict, topic: str, what: str, now_ns: int):
@@ -438,6 +483,21 @@ class PolicyNode(Node):
         self.last_publish_ns = self.get_clock().now().nanoseconds
         return True
 
+    def _camera_values(self, now_ns: int) -> dict:
+        """Each camera's received rate since the last report, the age of its newest frame, frames lost."""
+        values = {}
+        for topic, camera in zip(self.params["camera_topics"], self.params["camera_names"]):
+            stats = self.camera_stats[topic]
+            since = stats["reported_ns"]
+            rate = -1.0 if since is None or now_ns <= since else \
+                (stats["received"] - stats["reported"]) / ((now_ns - since) * 1e-9)
+            stats["reported"], stats["reported_ns"] = stats["received"], now_ns
+            entry = self.latest.get(topic)
+            values[f"camera.{camera}.rate_hz"] = rate
+            values[f"camera.{camera}.age_s"] = -1.0 if entry is None else (now_ns - entry[1]) * 1e-9
+            values[f"camera.{camera}.lost"] = stats["lost"]
+        return values
+
     def publish_diagnostics(self) -> None:
         now = self.get_clock().now()
         lat = np.array(self.latencies) if self.latencies else np.zeros(1)
@@ -452,6 +512,7 @@ class PolicyNode(Node):
         for reason, count in sorted(self.reject.counts.items()):
             values[f"rejected.{reason}"] = count
         values.update(self.qos_mismatches.diagnostics())
+        values.update(self._camera_values(now.nanoseconds))
         stale = last is None or (now.nanoseconds - last) * 1e-9 > 3 * self.params["inference_period"]
         level, message = (WARN, "no recent chunk") if stale else (OK, "publishing chunks")
         if self.sim_clock.waiting():
@@ -465,7 +526,7 @@ class PolicyNode(Node):
 
 def main(args=None) -> int:
     """Run the policy node; exit code 1 (with the parameter named) when the configuration is invalid."""
-    rclpy.init(args=args)
+    init_ros(args)
     node = None
     try:
         node = PolicyNode()
@@ -478,7 +539,7 @@ def main(args=None) -> int:
     finally:
         if node is not None:
             node.destroy_node()
-        rclpy.try_shutdown()
+        shutdown_ros()
     return 0
 
 
