@@ -212,3 +212,24 @@ def test_seam_jump_from_measured_position_is_ramped_within_velocity_limit(rclpy_
         assert positions[-1, 1] > positions[0, 1]  # moving towards the chunk
     finally:
         node.destroy_node()
+
+
+def test_only_the_configured_chunk_publishers_drive_the_robot(node_process, rclpy_context):
+    from sensor_msgs.msg import JointState
+
+    proc = node_process("controller_node", params=controller_params(chunk_publishers=["/hlrp_trusted_policy"]))
+    with SpinningNode(rclpy_context, "hlrp_stranger") as stranger, \
+            SpinningNode(rclpy_context, "hlrp_trusted_policy") as trusted:
+        commands = stranger.collect(JointState, COMMAND_TOPIC)
+        intruder = ChunkSender(stranger)
+        assert intruder.wait_connected(), proc.output()
+        intruder.send(1, 0.0, shoulder=[0.5] * 20, elbow=[0.5] * 20)
+        assert proc.wait_for_output(r"published by /hlrp_stranger, not one of chunk_publishers "
+                                    r"\['/hlrp_trusted_policy'\]", STARTUP_TIMEOUT), proc.output()
+        assert commands == []
+        policy = ChunkSender(trusted)
+        assert policy.wait_connected(), proc.output()
+        policy.send(1, 0.0, shoulder=[0.1] * 20, elbow=[0.2] * 20)
+        assert wait_for(lambda: len(commands) >= 3, 30.0), proc.output()
+        assert np.allclose(list(commands[0][1].position), [0.1, 0.2])
+    assert proc.stop() == 0, proc.output()

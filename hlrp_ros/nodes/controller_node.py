@@ -47,6 +47,9 @@ PARAMS = (
               fixed_because="they fix the output order and the limits' joints"),
     ParamSpec("control_rate", 50.0, "Command rate (Hz).", minimum=1.0, maximum=1000.0),
     ParamSpec("input_topic", "/action_chunk", "hlrp_ros/ActionChunk input."),
+    ParamSpec("chunk_publishers", [], "Fully qualified node names (e.g. /policy_node) whose ActionChunks are "
+              "executed; chunks from any other node are rejected (empty: any publisher). A guard against a stray or "
+              "second policy, not security: a node name can be claimed by anyone on the DDS domain (use SROS2)."),
     ParamSpec("output_mode", "joint_state", "joint_state: sensor_msgs/JointState positions (Isaac Sim "
               "/joint_command); float64_array: std_msgs/Float64MultiArray (forward_command_controller "
               "/<controller>/commands); joint_trajectory: trajectory_msgs/JointTrajectory of the remaining "
@@ -118,6 +121,7 @@ class ControllerNode(LifecycleNode):
         self._timer = self._diag_timer = self._chunk_sub = self._js_sub = None
         self._loop: ControlLoop | None = None
         self._live_updates = False
+        self._publisher_names: dict[bytes, str] = {}
         # Ticks may run on the control thread; chunks, joint states and diagnostics on the executor's.
         self._lock = threading.Lock()
         self._cmd_pub = self._diag_pub = None
@@ -180,7 +184,7 @@ class ControllerNode(LifecycleNode):
         self._diag_pub = self.create_publisher(self._diag_type(), "/diagnostics", 10)
         qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
         self._chunk_sub = self.create_subscription(
-            self._chunk_type(), p["input_topic"], self.on_chunk, qos,
+            self._chunk_type(), p["input_topic"], self._on_chunk_message, qos,
             event_callbacks=self.qos_mismatches.callbacks(p["input_topic"], "reliable, volatile",
                                                           "Publish ActionChunks reliable (policy_node does)."))
         if p["joint_states_topic"]:
@@ -293,6 +297,31 @@ class ControllerNode(LifecycleNode):
                                                     f"one already kept (out of order)")
             return
         self.measured = (self.limits.clamp(positions), now, stamp)
+
+    def _on_chunk_message(self, msg, info) -> None:
+        """Subscription callback: the publishing node must be one of ``chunk_publishers`` (when set)."""
+        allowed = self.params["chunk_publishers"]
+        if allowed:
+            publisher = self.publisher_name(info.get("publisher_gid"))
+            if publisher not in allowed:
+                self.reject("chunk_publisher", f"rejected ActionChunk {msg.chunk_id} ({run_label(msg.run_id)}): "
+                                               f"published by {publisher or 'an unknown node'}, not one of "
+                                               f"chunk_publishers {allowed}")
+                return
+        self.on_chunk(msg)
+
+    def publisher_name(self, gid: dict | None) -> str | None:
+        """Fully qualified name of the node owning the publisher ``gid`` (from the ROS graph), or None."""
+        if not gid:
+            return None
+        key = bytes(gid.get("data", b""))
+        name = self._publisher_names.get(key)
+        if name is None:  # a publisher not seen yet: ask the graph (discovery has announced it by now)
+            for endpoint in self.get_publishers_info_by_topic(self.params["input_topic"]):
+                namespace = endpoint.node_namespace.rstrip("/")
+                self._publisher_names[bytes(endpoint.endpoint_gid)] = f"{namespace}/{endpoint.node_name}"
+            name = self._publisher_names.get(key)
+        return name
 
     def on_chunk(self, msg) -> None:
         """Validate and queue a chunk; anything wrong is logged (throttled per reason) and dropped."""
