@@ -124,7 +124,8 @@ def test_float64_array_output_stops_when_chunk_runs_out(node_process, rclpy_cont
         commands = spinner.collect(Float64MultiArray, COMMAND_TOPIC)
         sender = ChunkSender(spinner)
         assert sender.wait_connected(), proc.output()
-        chunk = sender.send(1, 0.2, shoulder=[0.1, 0.2, 0.3], elbow=[-0.1, -0.2, -0.3])
+        # rows 0.5 s apart: every row is commanded even if the loaded machine stalls a tick or two
+        chunk = sender.send(1, 0.2, shoulder=[0.1, 0.2, 0.3], elbow=[-0.1, -0.2, -0.3], dt=0.5)
         assert wait_for(lambda: "stopped publishing" in proc.output(), 30.0), proc.output()
         count = len(commands)
         wait_for(lambda: False, 1.0)
