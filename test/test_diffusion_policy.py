@@ -108,6 +108,13 @@ def test_inference_convolutions_as_one_matmul_match_torch(monkeypatch):
             fast = md.conv1d(conv, x)
         assert torch.allclose(fast, conv(x), atol=1e-5) and fast.shape == (3, 7, 9)
         assert torch.allclose(md.conv1d(conv, x[:1]).detach(), conv(x[:1]), atol=1e-5)  # autograd: nn.Conv1d
+    for b in (1, 3):
+        x = torch.randn(b, 12, 8)
+        down = torch.nn.Conv1d(12, 12, 3, 2, 1)
+        up = torch.nn.ConvTranspose1d(12, 5, 4, 2, 1)
+        with torch.no_grad():
+            assert torch.allclose(md.conv1d(down, x), down(x), atol=1e-5)
+            assert torch.allclose(md.conv_transpose1d(up, x), up(x), atol=1e-5) and up(x).shape == (b, 5, 16)
 
 
 # --- sampling -------------------------------------------------------------------------------------------

@@ -216,30 +216,53 @@ class SinusoidalPosEmb(nn.Module):
 MATMUL_MIN_WEIGHT = 1 << 18
 
 
+def _gemm_path(conv: nn.Conv1d | nn.ConvTranspose1d, x: Tensor) -> bool:
+    return (x.device.type == "cpu" and not torch.is_grad_enabled() and conv.groups == 1
+            and conv.dilation == (1,) and conv.weight.numel() >= MATMUL_MIN_WEIGHT)
+
+
+def _mm(weight: Tensor, cols: Tensor, bias: Tensor | None) -> Tensor:
+    """``weight (R, K) @ cols (B, K, L) (+ bias)`` -> ``(B, R, L)`` as one 2-D GEMM."""
+    b, rows, length = cols.shape
+    cols = cols[0] if b == 1 else cols.transpose(0, 1).reshape(rows, b * length)  # (K, B * L)
+    out = torch.mm(weight, cols) if bias is None else torch.addmm(bias[:, None], weight, cols)
+    return out[None] if b == 1 else out.reshape(-1, b, length).transpose(0, 1)
+
+
 def conv1d(conv: nn.Conv1d, x: Tensor) -> Tensor:
-    """``conv(x)`` for a stride-1 ``nn.Conv1d`` on ``(B, C_in, T)``; on the CPU without autograd as one matmul.
+    """``conv(x)`` for an ``nn.Conv1d`` on ``(B, C_in, T)``; on the CPU without autograd as one matmul.
 
     At batch 1 the UNet's convolutions are matrix-vector-like (T of 4..64 columns against weights of up to
     2048 x 2048 x 5): oneDNN's convolution then runs several times slower than a plain GEMM of the weight,
-    viewed as ``(C_out, C_in * k)``, with the im2col'ed input ``(C_in * k, T)``. Same maths; the sums are
-    only associated differently (float32 rounding). Small weights (below ``MATMUL_MIN_WEIGHT`` values) keep
-    the convolution, which is faster there.
+    viewed as ``(C_out, C_in * k)``, with the im2col'ed input ``(C_in * k, T_out)``. Same maths; the sums
+    are only associated differently (float32 rounding). Small weights (below ``MATMUL_MIN_WEIGHT`` values)
+    keep the convolution, which is faster there.
     """
-    if (x.device.type != "cpu" or torch.is_grad_enabled() or conv.stride != (1,) or conv.groups != 1
-            or conv.weight.numel() < MATMUL_MIN_WEIGHT):
+    if not _gemm_path(conv, x) or not isinstance(conv.padding, tuple):
         return conv(x)
-    k = conv.kernel_size[0]
-    if k == 1:
+    k, stride, pad = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+    if k == 1 and stride == 1 and pad == 0:
         cols = x
     else:
-        pad = conv.padding[0]
-        cols = F.pad(x, (pad, pad)).unfold(2, k, 1)  # (B, C_in, T, k)
-        cols = cols.transpose(2, 3).reshape(x.shape[0], -1, cols.shape[2])  # (B, C_in * k, T), k fastest
-    b, rows, length = cols.shape
-    cols = cols[0] if b == 1 else cols.transpose(0, 1).reshape(rows, b * length)  # (C_in * k, B * T)
-    weight = conv.weight.reshape(conv.out_channels, rows)
-    out = torch.mm(weight, cols) if conv.bias is None else torch.addmm(conv.bias[:, None], weight, cols)
-    return out[None] if b == 1 else out.reshape(-1, b, length).transpose(0, 1)
+        cols = F.pad(x, (pad, pad)).unfold(2, k, stride)  # (B, C_in, T_out, k)
+        cols = cols.transpose(2, 3).reshape(x.shape[0], -1, cols.shape[2])  # (B, C_in * k, T_out), k fastest
+    return _mm(conv.weight.reshape(conv.out_channels, -1), cols, conv.bias)
+
+
+def conv_transpose1d(conv: nn.ConvTranspose1d, x: Tensor) -> Tensor:
+    """``conv(x)`` for an ``nn.ConvTranspose1d``; on the CPU without autograd as one GEMM and an overlap-add.
+
+    ``cols = W^T x`` gives every input step's ``k`` output contributions ``(C_out * k, T)``; ``fold`` adds
+    them at stride ``s`` into ``(T - 1) * s + k`` steps, and ``padding`` is cropped from both ends.
+    """
+    if not _gemm_path(conv, x) or conv.output_padding != (0,):
+        return conv(x)
+    k, stride, pad = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+    cols = _mm(conv.weight.reshape(conv.in_channels, -1).t(), x, None)  # (B, C_out * k, T)
+    full = (x.shape[2] - 1) * stride + k
+    out = F.fold(cols, output_size=(1, full), kernel_size=(1, k), stride=(1, stride))[:, :, 0]
+    out = out[:, :, pad: full - pad]
+    return out if conv.bias is None else out + conv.bias[:, None]
 
 
 class Conv1dBlock(nn.Module):
@@ -321,11 +344,11 @@ class ConditionalUnet1d(nn.Module):
         for res1, res2, down in self.down_modules:
             x = res2(res1(x, cond), cond)
             skips.append(x)
-            x = down(x)
+            x = x if isinstance(down, nn.Identity) else conv1d(down, x)
         for res in self.mid_modules:
             x = res(x, cond)
         for res1, res2, up in self.up_modules:
-            x = up(res2(res1(torch.cat([x, skips.pop()], dim=1), cond), cond))
+            x = conv_transpose1d(up, res2(res1(torch.cat([x, skips.pop()], dim=1), cond), cond))
         return self.final_conv(x).transpose(1, 2)
 
 
