@@ -22,6 +22,7 @@ setup(
         "transformers>=4.52",
         "safetensors>=0.4",
         "tokenizers>=0.20",
+        "diffusers>=0.42",
         "numpy>=1.24",
         "opencv-python-headless>=4.8",
         "pyyaml>=6",
