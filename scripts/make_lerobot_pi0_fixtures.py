@@ -136,9 +136,11 @@ def _unpin(config):
 class _TinyConfigMapping:
     """``CONFIG_MAPPING`` whose PaliGemma / Gemma configs keep the tiny vocabulary and SigLIP sizes."""
 
-    def __init__(self, real, vocab_size: int) -> None:
+    def __init__(self, real, vocab_size: int, gemma: dict, vision: dict) -> None:
         self.real = real
         self.vocab_size = vocab_size
+        self.gemma = gemma
+        self.vision = vision
 
     def __getitem__(self, key):
         if key == "paligemma":
@@ -148,20 +150,23 @@ class _TinyConfigMapping:
         return self.real[key]
 
     def _paligemma(self, **kwargs):
-        width = TINY_GEMMA["gemma_2b"]["width"]
-        cfg = self.real["paligemma"](vision_config=dict(TINY_VISION), projection_dim=width, hidden_size=width,
+        width = self.gemma["gemma_2b"]["width"]
+        cfg = self.real["paligemma"](vision_config=dict(self.vision), projection_dim=width, hidden_size=width,
                                      vocab_size=self.vocab_size, **kwargs)
         _pin(cfg, {"_vocab_size": self.vocab_size, "vocab_size": self.vocab_size,
                    "image_token_index": self.vocab_size - 1})
         _pin(cfg.text_config, {"vocab_size": self.vocab_size})
-        _pin(cfg.vision_config, {"intermediate_size": TINY_VISION["intermediate_size"], "projection_dim": width})
+        _pin(cfg.vision_config, {"intermediate_size": self.vision["intermediate_size"], "projection_dim": width})
         return cfg
 
 
-def patch_lerobot(tokenizer_dir: Path, vocab_size: int) -> None:
+def patch_lerobot(tokenizer_dir: Path, vocab_size: int, gemma: dict | None = None, vision: dict | None = None) -> None:
+    """Replaces LeRobot's size and tokenizer look-ups (sizes: ``gemma`` per variant name, SigLIP ``vision``)."""
+    gemma = gemma or TINY_GEMMA
+    vision = vision or TINY_VISION
     for module in (modeling_pi0, modeling_pi05):
-        module.get_gemma_config = lambda variant, _m=module: _m.GemmaConfig(**TINY_GEMMA[variant])
-        module.CONFIG_MAPPING = _TinyConfigMapping(transformers.models.auto.CONFIG_MAPPING, vocab_size)
+        module.get_gemma_config = lambda variant, _m=module: _m.GemmaConfig(**gemma[variant])
+        module.CONFIG_MAPPING = _TinyConfigMapping(transformers.models.auto.CONFIG_MAPPING, vocab_size, gemma, vision)
         real_vlm = module.PaliGemmaForConditionalGenerationWithPiGemma
         module.PaliGemmaForConditionalGenerationWithPiGemma = lambda config, _r=real_vlm: _r(config=_unpin(config))
     tokenizer_processor.AutoTokenizer = _TokenizerLookup(tokenizer_dir)
@@ -185,19 +190,23 @@ VARIANTS = {
 }
 
 
-def build_checkpoint(kind: str, ckpt_dir: Path, seed: int) -> None:
+def build_checkpoint(kind: str, ckpt_dir: Path, seed: int, cameras: dict = CAMERAS, state_dim: int = STATE_DIM,
+                     action_dim: int = ACTION_DIM, chunk_size: int = 10, resolution: int = 32,
+                     overrides: dict | None = None) -> None:
+    """A LeRobot ``kind`` policy with seeded random weights and statistics, saved with its processors."""
     config_cls, make_processors, module, policy_name, extra = VARIANTS[kind]
     torch.manual_seed(seed)
     inputs = {f"observation.images.{cam}": PolicyFeature(type=FeatureType.VISUAL, shape=(3, h, w))
-              for cam, (h, w) in CAMERAS.items()}
-    inputs["observation.state"] = PolicyFeature(type=FeatureType.STATE, shape=(STATE_DIM,))
-    outputs = {"action": PolicyFeature(type=FeatureType.ACTION, shape=(ACTION_DIM,))}
+              for cam, (h, w) in cameras.items()}
+    inputs["observation.state"] = PolicyFeature(type=FeatureType.STATE, shape=(state_dim,))
+    outputs = {"action": PolicyFeature(type=FeatureType.ACTION, shape=(action_dim,))}
     cfg = config_cls(input_features=inputs, output_features=outputs, device="cpu", push_to_hub=False,
-                     chunk_size=10, n_action_steps=10, image_resolution=(32, 32), **extra)
+                     chunk_size=chunk_size, n_action_steps=chunk_size, image_resolution=(resolution, resolution),
+                     **{**extra, **(overrides or {})})
     policy = getattr(module, policy_name)(cfg)
     randomize_(policy, seed)
     gen = torch.Generator().manual_seed(seed + 1)
-    stats = {"observation.state": make_stats("state", STATE_DIM, gen), "action": make_stats("action", ACTION_DIM, gen)}
+    stats = {"observation.state": make_stats("state", state_dim, gen), "action": make_stats("action", action_dim, gen)}
     pre, post = make_processors(cfg, dataset_stats=stats)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     policy.save_pretrained(ckpt_dir)
