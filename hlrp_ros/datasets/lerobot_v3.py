@@ -220,7 +220,8 @@ class VideoEncoder:
         self._stream.codec_context.time_base = Fraction(1, int(spec.fps))
         options = {"crf": str(spec.crf), "g": str(spec.gop)}
         if spec.codec == "libx264":
-            options["preset"] = "veryfast"
+            # no look-ahead: each frame is on disk (not in the encoder) soon after it is recorded
+            options.update(preset="veryfast", tune="zerolatency")
         self._stream.options = options
         self._time_base = Fraction(1, int(spec.fps))
         self._shape = (height, width, 3)
