@@ -2,6 +2,8 @@
 
     python -m hlrp_ros.tools.train --data artifacts/demo_arm/dataset.npz --out artifacts/demo_arm/run \
         --steps 4000 --seed 0
+    # a LeRobot v3.0 dataset (recorded by recorder_node, imported from bags, or LeRobot's own):
+    python -m hlrp_ros.tools.train --dataset DIR --policy hlrp --horizon 16 --out RUN
     # interrupted? the same command with --resume continues from <out>/last
     # language-blind baseline: add --blind (the colour is withheld: every instruction is "reach the target")
     # fine-tune: --init-from <checkpoint> starts from its weights and statistics (new optimiser and schedule)
@@ -43,11 +45,13 @@ TRAIN_STATE = "train_state.pt"
 BLIND_INSTRUCTION = "reach the target"
 
 
-def build_policy(chunk_size: int, n_action_steps: int, image_size: int) -> HLRPPolicy:
-    """The demo model: the ``tiny`` preset sized for the 3-joint arm, fixed 2D sin-cos vision positions."""
-    arm = ArmSpec()
+def build_policy(chunk_size: int, n_action_steps: int, image_size: int,
+                 joint_names: list[str] | None = None) -> HLRPPolicy:
+    """The demo model: the ``tiny`` preset sized for the 3-joint arm (or ``joint_names``), fixed 2D sin-cos
+    vision positions."""
+    joint_names = list(joint_names) if joint_names else list(ArmSpec().joint_names)
     config = make_config(
-        "tiny", state_dim=arm.dof, action_dim=arm.dof, joint_names=list(arm.joint_names),
+        "tiny", state_dim=len(joint_names), action_dim=len(joint_names), joint_names=joint_names,
         image_size=(image_size, image_size), chunk_size=chunk_size, n_action_steps=n_action_steps,
         num_steps=10, vision_sincos_pos_embed=True, freeze_vision_pos_embed=True,
     )
@@ -192,9 +196,15 @@ def save(policy: HLRPPolicy, optimizer: torch.optim.Optimizer, step: int, direct
 def train(args: argparse.Namespace) -> Path:
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
-    data = dict(np.load(args.data))
+    if args.dataset is not None:
+        from hlrp_ros.datasets.training_arrays import training_arrays
+
+        data = training_arrays(args.dataset, args.horizon, args.camera, args.image_size)
+    else:
+        data = dict(np.load(args.data))
     horizon = data["actions"].shape[1]
-    policy = build_policy(horizon, args.n_action_steps, data["images"].shape[1])
+    joint_names = [str(n) for n in data["joint_names"]] if "joint_names" in data else None
+    policy = build_policy(horizon, args.n_action_steps, data["images"].shape[1], joint_names)
     policy.set_normalization_stats(state=stats(data["states"]), action=stats(data["actions"]))
     if args.init_from is not None:  # its statistics too: its weights were trained against them
         policy.load_weights(args.init_from / "model.safetensors")
@@ -226,7 +236,7 @@ def train(args: argparse.Namespace) -> Path:
             "seed": args.seed, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "ema": args.ema,
             "word_dropout": args.word_dropout, "random_words": args.random_words,
             "init_from": None if args.init_from is None else str(args.init_from),
-            "blind": args.blind, "dataset": str(args.data), "dataset_meta": str(data.get("meta", [""])[0]),
+            "blind": args.blind, "dataset": str(args.dataset or args.data), "dataset_meta": str(data.get("meta", [""])[0]),
             "parameters": n_params}
     policy.train()
     t0 = time.monotonic()
@@ -267,6 +277,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("artifacts/demo_arm/dataset.npz"))
+    parser.add_argument("--dataset", type=Path, default=None,
+                        help="a LeRobot v3.0 dataset directory (instead of --data)")
+    parser.add_argument("--policy", default="hlrp", choices=["hlrp"], help="policy family trained")
+    parser.add_argument("--horizon", type=int, default=16, help="with --dataset: action chunk length")
+    parser.add_argument("--camera", default=None, help="with --dataset: camera feature key (default: the first)")
+    parser.add_argument("--image-size", type=int, default=64, help="with --dataset: square image size")
     parser.add_argument("--out", type=Path, default=Path("artifacts/demo_arm/run"))
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--batch-size", type=int, default=64)

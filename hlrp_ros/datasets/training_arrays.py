@@ -1,0 +1,65 @@
+"""A LeRobot v3.0 dataset as the arrays the training loop samples from (one camera, chunked actions).
+
+For frame ``t`` of an episode the action target is the chunk ``action[t : t + horizon]`` of the same
+episode; near the episode's end the last action is repeated (the robot holds its final command).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from hlrp_ros.datasets.reader import DatasetReader
+
+
+def training_arrays(root: str | Path, horizon: int, camera: str | None = None, image_size: int | None = None
+                    ) -> dict[str, np.ndarray]:
+    """``images`` (N, H, W, 3) uint8, ``states`` (N, D), ``actions`` (N, horizon, A), ``instruction_ids``
+    (N,) into ``instructions``, ``episode`` (N,), ``joint_names`` and ``meta`` (one line naming the source).
+
+    Args:
+        root: Dataset directory.
+        horizon: Action chunk length (the model's chunk_size).
+        camera: Feature key of the camera used (default: the first video feature).
+        image_size: Square size the frames are resized to (padded to keep the aspect); None: as stored.
+    """
+    import cv2
+
+    reader = DatasetReader(root)
+    keys = reader.camera_keys
+    if not keys:
+        raise ValueError(f"{root}: the dataset has no camera")
+    camera = camera or keys[0]
+    if camera not in keys:
+        raise ValueError(f"{root}: no camera {camera!r}; cameras: {keys}")
+    parts: dict[str, list] = {"images": [], "states": [], "actions": [], "instruction_ids": [], "episode": []}
+    for row in reader.episodes:
+        ep = reader.episode(row["episode_index"])
+        n = len(ep.states)
+        index = np.minimum(np.arange(n)[:, None] + np.arange(horizon)[None], n - 1)
+        frames = reader.frames(ep.index, camera)
+        if image_size is not None:
+            frames = np.stack([_fit(cv2, f, image_size) for f in frames])
+        parts["images"].append(frames)
+        parts["states"].append(ep.states)
+        parts["actions"].append(ep.actions[index])
+        parts["instruction_ids"].append(np.full(n, reader.tasks.index(ep.task), np.int32))
+        parts["episode"].append(np.full(n, ep.index, np.int32))
+    data = {k: np.concatenate(v) for k, v in parts.items()}
+    data["instructions"] = np.array(reader.tasks)
+    data["joint_names"] = np.array(reader.joint_names)
+    data["meta"] = np.array([f"lerobot_v3={Path(root)} camera={camera} episodes={len(reader)} fps={reader.fps} "
+                             f"horizon={horizon}"])
+    return data
+
+
+def _fit(cv2, rgb: np.ndarray, size: int) -> np.ndarray:
+    """``rgb`` resized into a ``size`` x ``size`` square, aspect kept, zero padded."""
+    h, w = rgb.shape[:2]
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    out = np.zeros((size, size, 3), np.uint8)
+    top, left = (size - nh) // 2, (size - nw) // 2
+    out[top:top + nh, left:left + nw] = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA)
+    return out
