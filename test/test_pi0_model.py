@@ -59,7 +59,7 @@ def test_cached_prefix_matches_the_full_joint_pass(policy):
     """The KV cache (prefix once, PI0's state token once) gives the actions of the uncached joint pass."""
     obs = [observation(1), observation(2, size=(32, 32), instruction="push")]
     noise = torch.randn(2, 10, 2, generator=torch.Generator().manual_seed(3))
-    for steps in (1, 3, 10):
+    for steps in (1, 4):
         cached = policy.sample_chunk(policy.encode_prefix(obs), num_steps=steps, noise=noise)
         full = policy.predict_uncached(obs, num_steps=steps, noise=noise)
         assert (cached - full).abs().max().item() < 1e-5
@@ -77,14 +77,14 @@ def test_batch_rows_equal_single_observations(policy):
 def test_every_input_changes_the_actions(policy):
     noise = torch.randn(10, 2, generator=torch.Generator().manual_seed(7))
     base_obs = observation(8)
-    base = policy.predict_action_chunk(base_obs, noise=noise)
+    base = policy.predict_action_chunk(base_obs, noise=noise, num_steps=2)
     variants = {
         "instruction": Observation(base_obs.images, base_obs.state, "push the blue ball"),
         "state": Observation(base_obs.images, base_obs.state + 0.7, base_obs.instruction),
         "image": Observation({"top": 255 - base_obs.images["top"]}, base_obs.state, base_obs.instruction),
     }
     for name, obs in variants.items():
-        diff = (policy.predict_action_chunk(obs, noise=noise) - base).abs().max().item()
+        diff = (policy.predict_action_chunk(obs, noise=noise, num_steps=2) - base).abs().max().item()
         assert diff > 1e-4, f"changing the {name} changed the actions by only {diff:.2g}"
 
 
