@@ -121,16 +121,23 @@ class PolicyNode(Node):
         self.params = declare_parameters(self, PARAMS)
         self._validate_static()
         if self.params["tune_host_memory"]:  # huge pages must be requested before torch is imported
-            self.get_logger().info(f"huge pages: {request_huge_pages().reason}")
+            self.get_logger().debug(f"huge pages: {request_huge_pages().reason}")
         self.reject = ReasonThrottle(self.get_logger().warning)
         self.warn_once = ReasonThrottle(self.get_logger().warning, period=float("inf"))
         try:
             self.images = ImageConverter(self.params["image_backend"])
         except RuntimeError as exc:
             raise ParameterError("image_backend", str(exc)) from exc
+        self.get_logger().info(f"loading the policy from {self.params['checkpoint']} on {self.params['device']} "
+                               f"({self.params['dtype']})...")
+        loading = time.monotonic()
         self._load_policy()
+        what = type(self.policy).__name__
+        if hasattr(self.policy, "parameters"):  # a torch module (every family today)
+            what += f", {sum(t.numel() for t in self.policy.parameters()) / 1e6:.1f} M parameters"
+        self.get_logger().info(f"policy loaded in {time.monotonic() - loading:.1f} s: {what}")
         if self.params["tune_host_memory"]:
-            self.get_logger().info(f"host memory: {keep_freed_memory().reason}")
+            self.get_logger().debug(f"host memory: {keep_freed_memory().reason}")
         self.latest: dict[str, tuple[object, int]] = {}  # topic -> (message, receive time ns)
         self.run_id = uuid.uuid4().hex  # tells this run's chunks from a previous (killed, restarted) run's
         self.chunk_id = 0
