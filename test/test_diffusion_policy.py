@@ -142,8 +142,19 @@ def test_sample_chunk_is_the_diffusers_loop(policy):
         for t in scheduler.timesteps:
             x = scheduler.step(policy.diffusion.unet(x, t.repeat(1), prefix.global_cond), t, x).prev_sample
     expected = policy.normalize_action.inverse(x[0, 1:5])
-    assert torch.allclose(policy.sample_chunk(prefix, noise=noise[0]), expected, atol=1e-6)
+    assert torch.allclose(policy.sample_chunk(prefix, noise=noise[0]), expected, atol=1e-5)
     assert list(scheduler.timesteps) == [40, 30, 20, 10, 0]
+
+
+@pytest.mark.parametrize("scale", [True, False])
+def test_film_tables_equal_the_per_step_conditioning(scale):
+    unet = md.ConditionalUnet1d(DiffusionConfig(**{**TINY, "use_film_scale_modulation": scale}), global_cond_dim=6)
+    cond, x, steps = torch.randn(2, 6), torch.randn(2, 8, 2), torch.tensor([45, 3])
+    with torch.no_grad():
+        tables = unet.film_tables(steps, cond)
+        for i, t in enumerate(steps):
+            assert torch.allclose(unet(x, t, cond, films=[tb[i] for tb in tables]), unet(x, t.repeat(2), cond),
+                                  atol=1e-5)
 
 
 def test_ddpm_noise_comes_from_the_generator():

@@ -291,10 +291,23 @@ class ConditionalResidualBlock1d(nn.Module):
         self.conv2 = Conv1dBlock(out_ch, out_ch, kernel_size, n_groups)
         self.residual_conv = nn.Conv1d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
-    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
-        """``x`` ``(B, in_ch, T)``, ``cond`` ``(B, cond_dim)`` -> ``(B, out_ch, T)``."""
+    def film_table(self, step_embed: Tensor, global_cond: Tensor) -> Tensor:
+        """FiLM vectors of every (step, sample): ``(S, step_dim)``, ``(B, G)`` -> ``(S, B, out_ch or 2 out_ch)``.
+
+        ``Linear(Mish([e, g]))`` split as ``W_e Mish(e) + (W_g Mish(g) + b)`` (Mish is elementwise), so the
+        global part is computed once per chunk and the step part once per timestep.
+        """
+        linear = self.cond_encoder[1]
+        dim = step_embed.shape[-1]
+        per_step = F.mish(step_embed) @ linear.weight[:, :dim].t()  # (S, C')
+        per_sample = F.linear(F.mish(global_cond), linear.weight[:, dim:], linear.bias)  # (B, C')
+        return per_step[:, None] + per_sample[None]
+
+    def forward(self, x: Tensor, cond: Tensor, film: Tensor | None = None) -> Tensor:
+        """``x`` ``(B, in_ch, T)``, ``cond`` ``(B, cond_dim)`` (or a precomputed ``film`` ``(B, C')``) ->
+        ``(B, out_ch, T)``."""
         out = self.conv1(x)
-        film = self.cond_encoder(cond)[..., None]  # (B, out_ch or 2 out_ch, 1)
+        film = (self.cond_encoder(cond) if film is None else film)[..., None]  # (B, out_ch or 2 out_ch, 1)
         if self.use_film_scale_modulation:
             out = film[:, : self.out_channels] * out + film[:, self.out_channels:]
         else:
@@ -337,18 +350,33 @@ class ConditionalUnet1d(nn.Module):
             Conv1dBlock(config.down_dims[0], config.down_dims[0], config.kernel_size),
             nn.Conv1d(config.down_dims[0], config.action_dim, 1))
 
-    def forward(self, x: Tensor, timestep: Tensor, global_cond: Tensor) -> Tensor:
-        cond = torch.cat([self.diffusion_step_encoder(timestep), global_cond], dim=-1)
+    def residual_blocks(self) -> list[ConditionalResidualBlock1d]:
+        """The FiLM residual blocks in the order :meth:`forward` runs them."""
+        blocks = [b for stage in self.down_modules for b in stage[:2]] + list(self.mid_modules)
+        return blocks + [b for stage in self.up_modules for b in stage[:2]]
+
+    def film_tables(self, timesteps: Tensor, global_cond: Tensor) -> list[Tensor]:
+        """Per residual block, the FiLM vectors of every timestep: ``(S, B, C')`` (once per chunk)."""
+        embed = self.diffusion_step_encoder(timesteps)  # (S, step_dim)
+        return [block.film_table(embed, global_cond) for block in self.residual_blocks()]
+
+    def forward(self, x: Tensor, timestep: Tensor, global_cond: Tensor, films: list[Tensor] | None = None
+                ) -> Tensor:
+        """``x`` ``(B, T, A)``; ``films`` (this step's rows of :meth:`film_tables`) replaces the conditioning."""
+        cond = None if films is not None else torch.cat([self.diffusion_step_encoder(timestep), global_cond], -1)
+        film = iter(films if films is not None else [None] * len(self.residual_blocks()))
         x = x.transpose(1, 2)  # (B, A, T)
         skips = []
         for res1, res2, down in self.down_modules:
-            x = res2(res1(x, cond), cond)
+            x = res1(x, cond, next(film))
+            x = res2(x, cond, next(film))
             skips.append(x)
             x = x if isinstance(down, nn.Identity) else conv1d(down, x)
         for res in self.mid_modules:
-            x = res(x, cond)
+            x = res(x, cond, next(film))
         for res1, res2, up in self.up_modules:
-            x = conv_transpose1d(up, res2(res1(torch.cat([x, skips.pop()], dim=1), cond), cond))
+            x = res1(torch.cat([x, skips.pop()], dim=1), cond, next(film))
+            x = conv_transpose1d(up, res2(x, cond, next(film)))
         return self.final_conv(x).transpose(1, 2)
 
 
@@ -581,9 +609,10 @@ class DiffusionPolicy(nn.Module, ActionExpert):
         sample = self._initial_noise(cond.shape[0], noise, generator)
         scheduler = self.noise_scheduler
         scheduler.set_timesteps(steps, device=sample.device)
-        for t in scheduler.timesteps:
-            timestep = torch.full((sample.shape[0],), int(t), dtype=torch.long, device=sample.device)
-            model_output = self.diffusion.unet(sample, timestep, cond)
+        # The FiLM conditioning of every step at once: per step only the UNet's convolutions remain.
+        tables = self.diffusion.unet.film_tables(scheduler.timesteps, cond.to(self.dtype))
+        for i, t in enumerate(scheduler.timesteps):
+            model_output = self.diffusion.unet(sample, t, cond, films=[table[i] for table in tables])
             sample = scheduler.step(model_output, t, sample, generator=generator).prev_sample
         start = self.config.n_obs_steps - 1
         actions = sample[:, start: start + self.config.n_action_steps]
