@@ -5,7 +5,11 @@
     ros2 launch hlrp_ros hlrp.launch.py params_file:=<share>/config/gazebo.yaml checkpoint:=/path/to/ckpt
 
 Parameter files are applied in order: ``params_file`` (default config/hlrp.yaml), then
-config/demo.yaml when ``use_sim`` is true, then the ``checkpoint``/``device`` arguments.
+config/demo.yaml when ``use_sim`` is true and ``params_file`` is the default (a parameter file of
+your own is never overridden by the demo's; the demo world then runs with your settings, said in
+the launch log), then the ``checkpoint``/``device`` arguments. Several cameras: list them in your
+parameter file (``camera_topics`` and ``camera_names`` of policy_node); ``camera_topic`` only
+remaps the default single camera topic /camera/image_raw.
 The remapping arguments rename the nodes' topics /camera/image_raw, /joint_states and
 /joint_command (e.g. to a simulator's names). ``fastdds_profile`` (default: the shipped
 config/fastdds_shm.xml, a 32 MiB shared-memory segment so that camera frames arrive whole) is
@@ -17,7 +21,7 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, GroupAction, SetEnvironmentVariable
+from launch.actions import DeclareLaunchArgument, GroupAction, LogInfo, SetEnvironmentVariable
 from launch.conditions import IfCondition, UnlessCondition
 from launch.substitutions import LaunchConfiguration, PythonExpression
 from launch_ros.actions import Node, PushRosNamespace
@@ -52,8 +56,13 @@ def generate_launch_description() -> LaunchDescription:
     params_file = LaunchConfiguration("params_file")
     use_sim = LaunchConfiguration("use_sim")
     demo_params = os.path.join(share, "config", "demo.yaml")
+    default_params = os.path.join(share, "config", "hlrp.yaml")
+    own_params = PythonExpression(["'", params_file, "' != '", default_params, "'"])
+    sim = PythonExpression(["'", use_sim, "'.lower() in ('true', '1')"])
+    sim_with_demo_params = PythonExpression([sim, " and not ", own_params])
+    sim_with_own_params = PythonExpression([sim, " and ", own_params])
     return LaunchDescription([
-        DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "hlrp.yaml"),
+        DeclareLaunchArgument("params_file", default_value=default_params,
                               description="ROS 2 parameter file of the nodes (config/hlrp.yaml, gazebo.yaml, "
                                           "isaac.yaml or your own)"),
         DeclareLaunchArgument("checkpoint", default_value=os.path.join(share, "models", "demo_arm"),
@@ -74,5 +83,8 @@ def generate_launch_description() -> LaunchDescription:
                                condition=IfCondition(PythonExpression(
                                    ["'", LaunchConfiguration("fastdds_profile"), "' != ''"]))),
         GroupAction(_nodes([params_file], with_sim=False), condition=UnlessCondition(use_sim)),
-        GroupAction(_nodes([params_file, demo_params], with_sim=True), condition=IfCondition(use_sim)),
+        GroupAction(_nodes([params_file, demo_params], with_sim=True), condition=IfCondition(sim_with_demo_params)),
+        LogInfo(msg=["use_sim with params_file ", params_file, ": config/demo.yaml is not applied over it"],
+                condition=IfCondition(sim_with_own_params)),
+        GroupAction(_nodes([params_file], with_sim=True), condition=IfCondition(sim_with_own_params)),
     ])
