@@ -142,3 +142,45 @@ def test_record_save_discard_drop_and_survive_a_kill(node_process, rclpy_context
     reader = DatasetReader(root)
     reader.validate()
     assert len(reader) == 3
+
+
+def test_the_keyboard_tool_starts_and_saves_an_episode(node_process, rclpy_context, tmp_path, ros_env):
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "dataset"
+    recorder = node_process("recorder_node", params={"output_dir": str(root), "status_period": 0.3})
+    with SpinningNode(rclpy_context, "fake_robot") as spinning:
+        Robot(spinning)
+        assert recorder.wait_for_output(r"ready: 10 fps", STARTUP_TIMEOUT), recorder.output()
+        assert recorder.wait_for_output(r"instruction: ", 30.0), recorder.output()
+        tool = subprocess.Popen([sys.executable, "-m", "hlrp_ros.tools.record_keys"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ros_env,
+                                start_new_session=True)
+        try:
+            def send(key: str) -> str:
+                tool.stdin.write(key + "\n")
+                tool.stdin.flush()
+                return tool.stdout.readline()
+            assert tool.stdout.readline().startswith("keys:")
+            answer = send("s")
+            deadline = time.monotonic() + 30
+            while "refused" in answer and time.monotonic() < deadline:  # inputs not all arrived yet
+                time.sleep(0.5)
+                answer = send("s")
+            assert answer.startswith("start: ok: episode 0 started"), answer
+            frames_in_episode(recorder, len(recorder.output()), 3)
+            assert send("x").startswith("unknown key")
+            answer = send("w")
+            assert answer.startswith("save: ok: episode 0 saved"), answer
+            assert send("w").startswith("save: refused: no episode")
+            tool.stdin.write("q\n")
+            tool.stdin.flush()
+            assert tool.wait(timeout=30) == 0
+        finally:
+            if tool.poll() is None:
+                os.killpg(tool.pid, signal.SIGKILL)
+    reader = DatasetReader(root)
+    reader.validate()
+    assert len(reader) == 1 and reader.episodes[0]["length"] >= 3
