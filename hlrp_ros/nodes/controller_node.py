@@ -519,7 +519,12 @@ class ControllerNode(LifecycleNode):
             self._publish_trajectory(now, safety.last, hold=True)
         else:
             self._publish_positions(now, safety.last)
-        self.get_logger().info("shutting down: published a hold of the last command")
+        from rclpy.duration import Duration
+
+        # the node is destroyed next: let reliable subscribers acknowledge the hold first
+        acked = self._cmd_pub.wait_for_all_acked(Duration(seconds=1.0))
+        self.get_logger().info("shutting down: published a hold of the last command"
+                               + ("" if acked else " (not acknowledged by every subscriber within 1 s)"))
 
     def publish_diagnostics(self) -> None:
         with self._lock:  # read under the lock, publish outside it
