@@ -77,4 +77,5 @@ def load_policy(
         from hlrp_ros.policies.diffusion.modeling_diffusion import DiffusionPolicy
 
         return DiffusionPolicy.from_pretrained(path, device=device, dtype=dtype, tokenizer_dir=tokenizer_dir)
-    raise ValueError(f"unsupported checkpoint type {kind!r} in {path}/config.json (expected 'hlrp' or 'smolvla')")
+    known = "'hlrp', 'hlrp_pi0', 'hlrp_diffusion' or LeRobot's 'smolvla', 'pi0', 'pi05', 'diffusion'"
+    raise ValueError(f"unsupported checkpoint type {kind!r} in {path}/config.json (expected {known})")
