@@ -10,6 +10,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from hlrp_ros.graph import python_process, stop_process_group
 from hlrp_ros.tools.closed_loop import default_checkpoint
 
@@ -34,6 +36,7 @@ def test_shipped_checkpoint_is_complete_and_small():
     assert any(k.startswith("normalize_state.") for k in keys) and any(k.startswith("normalize_action.") for k in keys)
 
 
+@pytest.mark.ros
 def test_closed_loop_episodes(tmp_path):
     from hlrp_ros.tools import evaluate
 
@@ -45,6 +48,7 @@ def test_closed_loop_episodes(tmp_path):
     assert successes >= MIN_SUCCESSES, [(e["instruction"], e["success"], e["final_distance"]) for e in episodes]
 
 
+@pytest.mark.ros
 def test_demo_tool_runs_bounded_and_saves_frames(ros_env, tmp_path):
     # --duration counts from when the nodes are ready: start-up (model load) alone takes longer than
     # 1 s, so a duration that included it would end before the first episode

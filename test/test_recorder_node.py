@@ -8,11 +8,14 @@ import signal
 import threading
 
 import numpy as np
+import pytest
 from ros_testing import STARTUP_TIMEOUT, SpinningNode, joint_state, latched_qos, wait_for
 
 from hlrp_ros.chunk_codec import ns_to_time
 from hlrp_ros.datasets.reader import DatasetReader
 from hlrp_ros.ros_image import rgb_to_image_msg
+
+pytestmark = pytest.mark.ros  # the recorder runs as a node over DDS
 
 JOINTS = ["shoulder", "elbow"]
 TASK = "pick up the red cube"

@@ -137,6 +137,7 @@ def _spin_until(node, executor, predicate, timeout: float) -> bool:
     return False
 
 
+@pytest.mark.ros
 def test_demo_sim_node_camera_joints_commands_reset_and_success(node_process, rclpy_context):
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
