@@ -182,12 +182,13 @@ def plot(samples: list[dict], path: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hlrp_ros.graph import isolated_ros_env
+    from hlrp_ros.graph import FASTDDS_PROFILE_ENV, isolated_ros_env
     from hlrp_ros.tools.closed_loop import EpisodeDriver, bring_up, default_checkpoint, shut_down
 
     env = isolated_ros_env()
-    os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
-    os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", env.get("FASTDDS_DEFAULT_PROFILES_FILE", ""))
+    # this process's own participant (the episode driver) joins the same graph, with the same transports
+    os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", FASTDDS_PROFILE_ENV)
+                       if k in env})
     args.out.mkdir(parents=True, exist_ok=True)
     log_dir = Path(tempfile.mkdtemp(prefix="hlrp_soak_"))
     procs = bring_up(default_checkpoint(), env, log_dir, sim_params=SIM)

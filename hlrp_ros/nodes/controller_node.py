@@ -514,7 +514,6 @@ class ControllerNode(LifecycleNode):
         if self._cmd_pub is None or safety is None or safety.last is None or not self.context.ok():
             return
         now = _sec(self.get_clock())
-        self._hold_sent = False
         if self.params["output_mode"] == "joint_trajectory":
             self._publish_trajectory(now, safety.last, hold=True)
         else:

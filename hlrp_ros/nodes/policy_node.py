@@ -286,10 +286,10 @@ class PolicyNode(Node):
             received = self.get_clock().now().nanoseconds
             kept = self.latest.get(topic)
             if kept is not None and hasattr(msg, "header"):
-                kept_stamp = time_to_ns(kept[0].header.stamp)
-                if arrives_out_of_order(time_to_ns(msg.header.stamp), kept_stamp, (received - kept[1]) * 1e-9,
+                stamp, kept_stamp = time_to_ns(msg.header.stamp), time_to_ns(kept[0].header.stamp)
+                if arrives_out_of_order(stamp, kept_stamp, (received - kept[1]) * 1e-9,
                                         self.params["max_observation_age"]):
-                    age = (kept_stamp - time_to_ns(msg.header.stamp)) * 1e-9
+                    age = (kept_stamp - stamp) * 1e-9
                     self.reject(f"out_of_order_{topic}", f"dropped a message on {topic} stamped {age:.3f} s before "
                                                          f"the one already kept (out of order: two publishers, or a "
                                                          f"replayed bag?)")
