@@ -16,15 +16,19 @@ Each chunk: every input is checked (present, fresh, sane), the instruction is re
 when it changed, the prefix is encoded once, the suffix denoised, and ``n_action_steps``
 actions are published with ``first_action_time`` = the time the inputs were gathered +
 ``first_action_delay`` and ``dt`` = ``action_period``. Anything wrong is logged (throttled per
-reason) and no chunk is published for that tick. The model is reached only through
+reason) and no chunk is published for that tick. A policy that conditions on several
+observations (``n_obs_steps > 1``) gets them from an ``ObservationBuffer`` a timer fills twice per
+observation period; a gap in it blocks the chunk like any other unusable input. The model is reached only through
 ``hlrp_ros.policies`` (``load_policy``, ``Observation``, ``encode_prefix``, ``sample_chunk``,
 ``processor.tokenize``); torch is imported with it, after the parameters were validated.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -53,7 +57,7 @@ from hlrp_ros.nodes import (
     spin_until_shutdown,
     steady_timer,
 )
-from hlrp_ros.policies.base import fitted_size
+from hlrp_ros.policies.base import ObservationHistoryError, fitted_size, history_length
 from hlrp_ros.ros_image import BACKENDS, ImageConverter, ImageError
 
 PARAMS = (
@@ -80,6 +84,16 @@ PARAMS = (
     ParamSpec("num_steps", 0, "Denoising steps (0: the checkpoint's num_steps).", minimum=0, maximum=1000, read_only=False),
     ParamSpec("n_action_steps", 0, "Actions published per chunk (0: the checkpoint's n_action_steps).",
               minimum=0, maximum=100000, read_only=False),
+    ParamSpec("observation_period", 0.0, "Policies conditioning on several observations (n_obs_steps > 1, e.g. "
+              "diffusion): seconds between the observations of their history (0: the checkpoint's "
+              "observation_period; LeRobot checkpoints record none and get 0.1 s: set the dataset's frame period).",
+              minimum=0.0, maximum=60.0, fixed_because="the history buffer is sized for it at start-up"),
+    ParamSpec("history_tolerance", 0.0, "Largest distance (s) between a wanted history time and the observation "
+              "used for it (0: half the observation period); farther is a gap in the inputs: no chunk.",
+              minimum=0.0, maximum=60.0, fixed_because="the history buffer is sized for it at start-up"),
+    ParamSpec("history_pad_start", True, "Until the inputs are old enough for the whole history, repeat the first "
+              "observation (what LeRobot does after a reset); false: no chunk until then.",
+              fixed_because="the history buffer is sized for it at start-up"),
     ParamSpec("max_observation_age", 0.5, "Inputs older than this, or stamped this far in the future (clocks out of "
               "sync), block inference (s).", minimum=0.0, maximum=3600.0, read_only=False),
     ParamSpec("output_topic", "/action_chunk", "hlrp_ros/ActionChunk output."),
@@ -221,6 +235,26 @@ class PolicyNode(Node):
         self.generator = None
         if p["seed"] >= 0:
             self.generator = torch.Generator().manual_seed(p["seed"])
+        self._create_history(cfg)
+
+    def _create_history(self, cfg) -> None:
+        """A policy conditioning on ``n_obs_steps > 1`` observations gets a buffer of stamped observations."""
+        from hlrp_ros.policies.history import ObservationBuffer
+
+        p = self.params
+        self.history = None
+        self._history_lock = threading.Lock()  # pushed on the executor thread, read on the inference thread
+        n = history_length(cfg)
+        if n <= 1:
+            return
+        period = p["observation_period"] or float(getattr(cfg, "observation_period", 0.0) or 0.0)
+        if period <= 0:
+            raise ParameterError("observation_period", f"the policy conditions on {n} observations but neither "
+                                                       f"the checkpoint nor the parameter gives their period")
+        self.history = ObservationBuffer(n, period, tolerance=p["history_tolerance"] or None,
+                                         pad_start=p["history_pad_start"])
+        self.get_logger().info(f"the policy conditions on {n} observations {period:g} s apart "
+                               f"(tolerance {self.history.tolerance:g} s)")
 
     def _create_interfaces(self) -> None:
         from diagnostic_msgs.msg import DiagnosticArray
@@ -246,6 +280,8 @@ class PolicyNode(Node):
         self.timer = self.create_timer(p["inference_period"], self.on_tick,
                                        callback_group=MutuallyExclusiveCallbackGroup())
         steady_timer(self, p["diagnostics_period"], self.publish_diagnostics, callback_group=inputs)
+        if self.history is not None:  # twice per period: the nearest sample stays well inside the tolerance
+            self.create_timer(self.history.period / 2, self.sample_history, callback_group=inputs)
 
     def _subscribe_sensor(self, kind, topic: str, qos: QoSProfile, group) -> None:
         lost = self._lost_reporter(topic) if topic in self.camera_stats else None
@@ -444,17 +480,58 @@ class PolicyNode(Node):
         ``(Observation, oldest input stamp ns)``; InputRejected when one is unusable."""
         from hlrp_ros.policies.base import Observation
 
-        p = self.params
         instruction = self._instruction_text(latest)
+        images, state, stamp_ns = self.gather_sensors(latest, now_ns)
+        obs = Observation(images=images, state=state, instruction=instruction,
+                          abstract_tokens=self._abstract_tokens(latest))
+        return obs, stamp_ns
+
+    def gather_sensors(self, latest: dict, now_ns: int) -> tuple[dict, np.ndarray, int]:
+        """Checked camera images and joint state: ``(images, state, oldest input stamp ns)``."""
+        p = self.params
         images, stamps = {}, []
         for topic, camera in zip(p["camera_topics"], p["camera_names"]):
             images[camera], stamp = self._image(latest, topic, camera, now_ns)
             stamps.append(stamp)
         state, stamp = self._state(latest, now_ns)
         stamps.append(stamp)
-        obs = Observation(images=images, state=state, instruction=instruction,
-                          abstract_tokens=self._abstract_tokens(latest))
-        return obs, min(stamps)
+        return images, state, min(stamps)
+
+    def sample_history(self) -> None:
+        """Timer callback: adds the current images and state to the observation history.
+
+        An unusable input adds nothing; the tick that needs the missing time then reports the gap (and
+        ``infer_once`` the input's own reason).
+        """
+        from hlrp_ros.policies.base import Observation
+
+        latest = dict(self.latest)
+        try:
+            images, state, stamp_ns = self.gather_sensors(latest, self.get_clock().now().nanoseconds)
+        except InputRejected:
+            return
+        with self._history_lock:
+            self.history.push(Observation(images=images, state=state, instruction=""), stamp_ns * 1e-9)
+
+    def with_history(self, obs, stamp_ns: int):
+        """``(observation, stamp ns)``: ``obs`` (stamped ``stamp_ns``) with the history the policy needs.
+
+        The instruction and abstract tokens are ``obs``'s, so an instruction change acts at the next chunk.
+        When the history timer has meanwhile added newer sensor data, that newest observation is used (with
+        its stamp): pushing the older one would read as the clock jumping back and empty the buffer.
+        Raises ObservationHistoryError when the history is not there.
+        """
+        if self.history is None:
+            return obs, stamp_ns
+        with self._history_lock:
+            newest = self.history.newest_stamp
+            if newest is None or stamp_ns * 1e-9 >= newest:
+                self.history.push(obs, stamp_ns * 1e-9)
+            else:
+                stamp_ns = int(round(newest * 1e9))
+            current = self.history.current()
+        return dataclasses.replace(current, instruction=obs.instruction,
+                                   abstract_tokens=obs.abstract_tokens), stamp_ns
 
     def infer_once(self) -> bool:
         """Gather, check, infer and publish one chunk; False (with a throttled log) when nothing was published."""
@@ -465,7 +542,8 @@ class PolicyNode(Node):
         wall = time.monotonic()
         try:
             obs, stamp_ns = self.gather(latest, now_ns)
-        except InputRejected as exc:
+            obs, stamp_ns = self.with_history(obs, stamp_ns)
+        except (InputRejected, ObservationHistoryError) as exc:
             self.reject(exc.reason, f"no chunk: {exc}")
             return False
         try:
@@ -516,6 +594,10 @@ class PolicyNode(Node):
             "seconds_since_last_chunk": -1.0 if last is None else (now.nanoseconds - last) * 1e-9,
             "rejected_inputs": self.reject.total, "image_backend": self.images.backend, "run_id": self.run_id,
         }
+        if self.history is not None:
+            values["history.observations"] = self.history.n_obs_steps
+            values["history.period_s"] = self.history.period
+            values["history.buffered"] = len(self.history)
         for reason, count in sorted(self.reject.counts.items()):
             values[f"rejected.{reason}"] = count
         values.update(self.qos_mismatches.diagnostics())

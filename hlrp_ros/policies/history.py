@@ -47,6 +47,11 @@ class ObservationBuffer:
     def __len__(self) -> int:
         return len(self._items)
 
+    @property
+    def newest_stamp(self) -> float | None:
+        """Stamp (seconds) of the newest observation; None when empty."""
+        return self._items[-1][0] if self._items else None
+
     def push(self, observation: Observation, stamp: float) -> None:
         """Adds an observation stamped ``stamp`` seconds; an older stamp than the newest resets the buffer
         (the clock jumped back)."""
