@@ -1,9 +1,11 @@
-"""Train the HLRP policy on the planar-arm reaching dataset (flow matching, CPU).
+"""Train a policy (HLRP, PI0, PI0.5 or diffusion) on the planar-arm reaching dataset or a LeRobot dataset (CPU).
 
     python -m hlrp_ros.tools.train --data artifacts/demo_arm/dataset.npz --out artifacts/demo_arm/run \
         --steps 4000 --seed 0
     # a LeRobot v3.0 dataset (recorded by recorder_node, imported from bags, or LeRobot's own):
     python -m hlrp_ros.tools.train --dataset DIR --policy hlrp --horizon 16 --out RUN
+    # the other families, through their own processors (hlrp_ros.tools.train_families):
+    python -m hlrp_ros.tools.train --policy diffusion --out RUN      # or pi0, pi05; diffusion: --n-obs-steps
     # interrupted? the same command with --resume continues from <out>/last
     # language-blind baseline: add --blind (the colour is withheld: every instruction is "reach the target")
     # fine-tune: --init-from <checkpoint> starts from its weights and statistics (new optimiser and schedule)
@@ -38,6 +40,7 @@ from hlrp_ros.policies.hlrp.modeling_hlrp import HLRPPolicy
 from hlrp_ros.policies.hlrp.presets import make_config
 from hlrp_ros.policies.hlrp.processor_hlrp import resize_with_pad
 from hlrp_ros.sim.world import COLOURS, ArmSpec
+from hlrp_ros.tools.train_families import FAMILIES, ObservationBatcher, build_family_policy
 
 logger = logging.getLogger(__name__)
 TRAIN_STATE = "train_state.pt"
@@ -204,7 +207,14 @@ def train(args: argparse.Namespace) -> Path:
         data = dict(np.load(args.data))
     horizon = data["actions"].shape[1]
     joint_names = [str(n) for n in data["joint_names"]] if "joint_names" in data else None
-    policy = build_policy(horizon, args.n_action_steps, data["images"].shape[1], joint_names)
+    if args.policy == "hlrp":
+        policy = build_policy(horizon, args.n_action_steps, data["images"].shape[1], joint_names)
+    else:
+        if args.word_dropout or args.random_words:
+            raise SystemExit("--word-dropout / --random-words act on the HLRP tokenizer's ids: --policy hlrp only")
+        policy = build_family_policy(args.policy, horizon, args.n_action_steps, data["images"].shape[1],
+                                     joint_names or list(ArmSpec().joint_names), "top", args.n_obs_steps,
+                                     language=not args.blind)
     policy.set_normalization_stats(state=stats(data["states"]), action=stats(data["actions"]))
     if args.init_from is not None:  # its statistics too: its weights were trained against them
         policy.load_weights(args.init_from / "model.safetensors")
@@ -225,7 +235,11 @@ def train(args: argparse.Namespace) -> Path:
                 average.params[name].copy_(value)
     n_params = sum(p.numel() for p in policy.parameters())
     logger.info("%d samples, %d parameters, blind=%s", len(data["states"]), n_params, args.blind)
-    batcher = Batcher(data, policy, args.blind, args.word_dropout, args.random_words)
+    if args.policy == "hlrp":
+        batcher = Batcher(data, policy, args.blind, args.word_dropout, args.random_words)
+    else:
+        batcher = ObservationBatcher(data, policy, [BLIND_INSTRUCTION if args.blind else str(t)
+                                                    for t in data["instructions"]])
     command = "python -m hlrp_ros.tools.train " + " ".join(shlex.quote(a) for a in args.argv)
     history = []  # every command that contributed to this run (a resume may change --steps)
     if start and (last / "training.json").is_file():
@@ -236,7 +250,7 @@ def train(args: argparse.Namespace) -> Path:
             "seed": args.seed, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "ema": args.ema,
             "word_dropout": args.word_dropout, "random_words": args.random_words,
             "init_from": None if args.init_from is None else str(args.init_from),
-            "blind": args.blind, "dataset": str(args.dataset or args.data), "dataset_meta": str(data.get("meta", [""])[0]),
+            "policy": args.policy, "n_obs_steps": args.n_obs_steps, "blind": args.blind, "dataset": str(args.dataset or args.data), "dataset_meta": str(data.get("meta", [""])[0]),
             "parameters": n_params}
     policy.train()
     t0 = time.monotonic()
@@ -279,7 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=Path("artifacts/demo_arm/dataset.npz"))
     parser.add_argument("--dataset", type=Path, default=None,
                         help="a LeRobot v3.0 dataset directory (instead of --data)")
-    parser.add_argument("--policy", default="hlrp", choices=["hlrp"], help="policy family trained")
+    parser.add_argument("--policy", default="hlrp", choices=FAMILIES,
+                        help="policy family trained (sizes: hlrp_ros.tools.train_families.build_family_policy)")
+    parser.add_argument("--n-obs-steps", type=int, default=1,
+                        help="diffusion: observations per input (> 1 needs a LeRobot dataset: consecutive frames)")
     parser.add_argument("--horizon", type=int, default=16, help="with --dataset: action chunk length")
     parser.add_argument("--camera", default=None, help="with --dataset: camera feature key (default: the first)")
     parser.add_argument("--image-size", type=int, default=64, help="with --dataset: square image size")

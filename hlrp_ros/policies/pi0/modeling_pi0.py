@@ -558,6 +558,10 @@ class PI0Policy(nn.Module, ActionExpert):
         policy.to_device_dtype(device, dtype)
         return policy.eval()
 
+    def load_weights(self, path: str | Path) -> None:
+        """Loads a ``model.safetensors`` written by :meth:`save_pretrained` strictly (resume, fine-tuning)."""
+        self.load_tensors(read_safetensors(Path(path)), Path(path))
+
     def load_tensors(self, tensors: dict[str, Tensor], source: Path, prefix_only: str = "") -> None:
         """Loads ``tensors`` strictly (restricted to keys starting with ``prefix_only``); errors name each tensor."""
         expected = {k: v for k, v in self.state_dict().items() if k.startswith(prefix_only)}

@@ -1,0 +1,116 @@
+"""Training batches and models for every policy family, through the families' own processors.
+
+``hlrp_ros.tools.train`` keeps its fast array batcher for the HLRP family (the shipped demo recipe, with
+token-level word dropout); the other families are trained through the same interface they run with:
+``policy.processor.collate(observations, actions)`` and ``policy.compute_loss(batch)``. So a checkpoint
+trained here sees exactly the preprocessing it gets in ``policy_node``.
+
+Data are the training arrays (``hlrp_ros.datasets.training_arrays`` or the demo world's arrays): one camera,
+``states`` ``(N, D)``, chunked ``actions`` ``(N, H, A)`` starting at each frame, an ``episode`` id per frame.
+A policy conditioning on ``n_obs_steps = n > 1`` observations (diffusion) gets frames ``t - n + 1 .. t`` of
+the same episode, the first frame repeated before the episode's start (what LeRobot's dataset does), and its
+action trajectory starts at the oldest one; trajectory steps before the start are marked ``action_is_pad``
+and left out of the loss. That needs consecutive frames, so arrays with ``episode`` ids.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from hlrp_ros.policies.base import Observation, history_length
+
+#: ``--policy`` choices: the family and its variant.
+FAMILIES = ("hlrp", "pi0", "pi05", "diffusion")
+
+
+def build_family_policy(family: str, chunk_size: int, n_action_steps: int, image_size: int,
+                        joint_names: list[str], camera: str, n_obs_steps: int = 1, language: bool = True):
+    """A small model of ``family`` for training from scratch on CPU (demo-world sizes).
+
+    * ``pi0`` / ``pi05``: the ``pi0-tiny`` / ``pi05-tiny`` presets (their 32x32 vision tower; frames are
+      resized by the processor), chunk and joints as given.
+    * ``diffusion``: the native diffusion policy with a ResNet-18 trunk (group norm), a (64, 128, 256)
+      UNet, DDIM with 10 inference steps over 100 training steps, and (``language``) the instruction encoder.
+    """
+    dims = len(joint_names)
+    if family in ("pi0", "pi05"):
+        from hlrp_ros.policies.pi0 import PI0Policy, make_config
+
+        return PI0Policy(make_config(f"{family}-tiny", state_dim=dims, action_dim=dims, joint_names=joint_names,
+                                     camera_names=[camera], chunk_size=chunk_size, n_action_steps=n_action_steps))
+    if family == "diffusion":
+        from hlrp_ros.policies.diffusion import DiffusionConfig, DiffusionPolicy
+        from hlrp_ros.policies.hlrp.processor_hlrp import build_tiny_tokenizer
+
+        horizon = chunk_size + n_obs_steps - 1
+        horizon += -horizon % 8  # the UNet halves the horizon three times
+        crop = max(8, image_size - image_size // 16)
+        config = DiffusionConfig(
+            state_dim=dims, action_dim=dims, joint_names=joint_names, camera_names=[camera],
+            image_size=(image_size, image_size), crop_shape=(crop, crop), n_obs_steps=n_obs_steps,
+            horizon=horizon, n_action_steps=n_action_steps, down_dims=(64, 128, 256),
+            noise_scheduler_type="DDIM", num_train_timesteps=100, num_inference_steps=10,
+            language_conditioned=language)
+        return DiffusionPolicy(config, tokenizer=build_tiny_tokenizer() if language else None)
+    raise ValueError(f"unknown policy family {family!r}; known: {FAMILIES}")
+
+
+class ObservationBatcher:
+    """Batches of ``Observation`` objects collated by the policy's own processor (see module docstring)."""
+
+    def __init__(self, data: dict[str, np.ndarray], policy, instructions: list[str]) -> None:
+        self.policy = policy
+        self.images = data["images"]
+        self.states = data["states"].astype(np.float32)
+        self.actions = data["actions"].astype(np.float32)
+        self.instruction_ids = data["instruction_ids"]
+        self.instructions = instructions
+        self.camera = policy.config.camera_names[0]
+        self.n_obs_steps = history_length(policy.config)
+        self.horizon = int(getattr(policy.config, "horizon", 0) or policy.config.chunk_size)
+        if self.n_obs_steps > 1 or self.horizon != self.actions.shape[1]:
+            if "episode" not in data:
+                raise ValueError(f"a policy with n_obs_steps={self.n_obs_steps} and horizon {self.horizon} needs "
+                                 f"consecutive frames with episode ids (a LeRobot dataset via --dataset)")
+            episode = np.asarray(data["episode"])
+            starts = np.flatnonzero(np.r_[True, episode[1:] != episode[:-1]])
+            ends = np.r_[starts[1:], len(episode)] - 1
+            run = np.cumsum(np.r_[True, episode[1:] != episode[:-1]]) - 1
+            self.first, self.last = starts[run], ends[run]  # per frame: its episode's first and last frame
+        else:
+            self.first = self.last = None
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def _observation(self, i: int, history: list[int]) -> Observation:
+        def one(j: int) -> Observation:
+            return Observation(images={self.camera: self.images[j]}, state=self.states[j], instruction="")
+
+        text = self.instructions[int(self.instruction_ids[i])]
+        past = [one(j) for j in history] if history else None
+        return Observation(images={self.camera: self.images[i]}, state=self.states[i], instruction=text, history=past)
+
+    def _trajectory(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Actions ``(horizon, A)`` from frame ``i - n_obs_steps + 1`` on, and which steps precede the episode."""
+        if self.first is None:
+            return self.actions[i], np.zeros(self.horizon, bool)
+        frames = np.arange(self.horizon) + i - self.n_obs_steps + 1
+        pad = frames < self.first[i]
+        frames = np.clip(frames, self.first[i], self.last[i])
+        return self.actions[frames, 0], pad
+
+    def batch(self, index: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
+        observations, trajectories, pads = [], [], []
+        for i in (int(k) for k in index):
+            history = [] if self.first is None else \
+                [max(int(self.first[i]), i - k) for k in range(self.n_obs_steps - 1, 0, -1)]
+            observations.append(self._observation(i, history))
+            actions, pad = self._trajectory(i)
+            trajectories.append(actions)
+            pads.append(pad)
+        batch = self.policy.processor.collate(observations, np.stack(trajectories))
+        if np.any(pads):
+            batch["action_is_pad"] = torch.from_numpy(np.stack(pads))
+        return batch

@@ -1,0 +1,80 @@
+"""Training every family from a LeRobot v3.0 dataset, through the family's own processor.
+
+The synthetic dataset (hlrp_ros.datasets.synthetic) has three episodes of known frames; a few real
+optimisation steps per family must give a checkpoint that ``load_policy`` opens and that predicts chunks
+with the dataset's joints. The batcher's history and trajectory rules are checked frame by frame.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hlrp_ros.datasets.synthetic import LENGTHS, SPEC, synthetic_frame, write_synthetic
+from hlrp_ros.datasets.training_arrays import training_arrays
+from hlrp_ros.policies.base import Observation
+from hlrp_ros.policies.factory import load_policy
+from hlrp_ros.tools.train_families import ObservationBatcher, build_family_policy
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("families") / "ds"
+    write_synthetic(root)
+    return root
+
+
+def train(dataset, out, *extra: str) -> dict:
+    from hlrp_ros.tools.train import main
+
+    code = main(["--dataset", str(dataset), "--horizon", "8", "--n-action-steps", "4", "--image-size", "32",
+                 "--steps", "4", "--batch-size", "4", "--warmup", "1", "--threads", "1", "--save-every", "2",
+                 "--out", str(out), *extra])
+    assert code == 0
+    return json.loads((out / "final" / "training.json").read_text())
+
+
+@pytest.mark.parametrize("family", ["pi0", "pi05", "diffusion"])
+def test_each_family_trains_from_a_lerobot_dataset_into_a_checkpoint_the_node_can_load(dataset, tmp_path, family):
+    info = train(dataset, tmp_path / family, "--policy", family)
+    assert info["policy"] == family and info["stopped_at"] == 4 and np.isfinite(info["loss_ema"])
+    policy = load_policy(tmp_path / family / "final")
+    assert list(policy.config.joint_names) == list(SPEC.joint_names)
+    state, _, images = synthetic_frame(0, 0)
+    obs = Observation(images={"top": next(iter(images.values()))}, state=state, instruction="pick up the red cube")
+    chunk = policy.predict_action_chunk(obs, generator=torch.Generator().manual_seed(0))
+    assert chunk.shape[-1] == len(SPEC.joint_names) and chunk.shape[0] >= 4 and torch.isfinite(chunk).all()
+    # the statistics came from the dataset: a resumed run starts from the saved weights, not from scratch
+    resumed = train(dataset, tmp_path / family, "--policy", family, "--steps", "6", "--resume")
+    assert resumed["stopped_at"] == 6 and len(resumed["history"]) == 2
+
+
+def test_a_two_observation_diffusion_policy_gets_the_previous_frame_and_a_trajectory_from_the_oldest(dataset):
+    data = training_arrays(dataset, horizon=8, image_size=32)
+    policy = build_family_policy("diffusion", 8, 4, 32, list(SPEC.joint_names), "top", n_obs_steps=2)
+    assert policy.config.horizon == 16  # 8 + 1 rounded up to what the UNet's three halvings need
+    batcher = ObservationBatcher(data, policy, [str(t) for t in data["instructions"]])
+    start = LENGTHS[0]  # first frame of episode 1, and the frame after it
+    batch = batcher.batch(np.array([start, start + 1]))
+    states = batch["state"].numpy()  # (B, n_obs_steps, D): oldest first
+    np.testing.assert_allclose(states[0], [synthetic_frame(1, 0)[0]] * 2)  # before the start: the first, repeated
+    np.testing.assert_allclose(states[1], [synthetic_frame(1, 0)[0], synthetic_frame(1, 1)[0]])
+    actions = batch["actions"].numpy()
+    np.testing.assert_allclose(actions[1, :3], [synthetic_frame(1, i)[1] for i in range(3)])
+    np.testing.assert_allclose(actions[0, 1:3], [synthetic_frame(1, i)[1] for i in range(2)])
+    # the step before the episode started is padding, left out of the loss; the end holds the last action
+    assert batch["action_is_pad"][0].tolist() == [True] + [False] * 15
+    assert not batch["action_is_pad"][1].any()
+    np.testing.assert_allclose(actions[1, -1], synthetic_frame(1, LENGTHS[1] - 1)[1])  # 7 frames < 16 steps
+    assert torch.isfinite(policy.compute_loss(batch)).item()
+
+
+def test_history_and_longer_trajectories_need_episode_ids():
+    policy = build_family_policy("diffusion", 8, 4, 32, ["a", "b", "c"], "top", n_obs_steps=2)
+    data = {"images": np.zeros((4, 32, 32, 3), np.uint8), "states": np.zeros((4, 3)), "actions": np.zeros((4, 8, 3)),
+            "instruction_ids": np.zeros(4, int)}
+    with pytest.raises(ValueError, match="needs consecutive frames with episode ids"):
+        ObservationBatcher(data, policy, ["reach the red target"])
