@@ -72,9 +72,14 @@ def test_a_two_observation_diffusion_policy_gets_the_previous_frame_and_a_trajec
     assert torch.isfinite(policy.compute_loss(batch)).item()
 
 
-def test_history_and_longer_trajectories_need_episode_ids():
+def test_history_needs_every_frame_of_each_episode_in_order():
     policy = build_family_policy("diffusion", 8, 4, 32, ["a", "b", "c"], "top", n_obs_steps=2)
     data = {"images": np.zeros((4, 32, 32, 3), np.uint8), "states": np.zeros((4, 3)), "actions": np.zeros((4, 8, 3)),
-            "instruction_ids": np.zeros(4, int)}
-    with pytest.raises(ValueError, match="needs consecutive frames with episode ids"):
-        ObservationBatcher(data, policy, ["reach the red target"])
+            "instruction_ids": np.zeros(4, int), "episode": np.array([0, 0, 1, 1])}
+    for frame_index in (None, np.array([0, 3, 0, 5])):  # no frame indices; a few frames kept per episode
+        if frame_index is not None:
+            data["frame_index"] = frame_index
+        with pytest.raises(ValueError, match="needs every frame of each episode in order"):
+            ObservationBatcher(data, policy, ["reach the red target"])
+    data["frame_index"] = np.array([0, 1, 0, 1])
+    assert len(ObservationBatcher(data, policy, ["reach the red target"])) == 4

@@ -16,7 +16,8 @@ from hlrp_ros.datasets.reader import DatasetReader
 def training_arrays(root: str | Path, horizon: int, camera: str | None = None, image_size: int | None = None
                     ) -> dict[str, np.ndarray]:
     """``images`` (N, H, W, 3) uint8, ``states`` (N, D), ``actions`` (N, horizon, A), ``instruction_ids``
-    (N,) into ``instructions``, ``episode`` (N,), ``joint_names`` and ``meta`` (one line naming the source).
+    (N,) into ``instructions``, ``episode`` (N,), ``frame_index`` (N,) (every frame, in order: consecutive
+    frames are one ``1 / fps`` apart), ``joint_names`` and ``meta`` (one line naming the source).
 
     Args:
         root: Dataset directory.
@@ -33,7 +34,8 @@ def training_arrays(root: str | Path, horizon: int, camera: str | None = None, i
     camera = camera or keys[0]
     if camera not in keys:
         raise ValueError(f"{root}: no camera {camera!r}; cameras: {keys}")
-    parts: dict[str, list] = {"images": [], "states": [], "actions": [], "instruction_ids": [], "episode": []}
+    parts: dict[str, list] = {"images": [], "states": [], "actions": [], "instruction_ids": [], "episode": [],
+                              "frame_index": []}
     for row in reader.episodes:
         ep = reader.episode(row["episode_index"])
         n = len(ep.states)
@@ -46,6 +48,7 @@ def training_arrays(root: str | Path, horizon: int, camera: str | None = None, i
         parts["actions"].append(ep.actions[index])
         parts["instruction_ids"].append(np.full(n, reader.tasks.index(ep.task), np.int32))
         parts["episode"].append(np.full(n, ep.index, np.int32))
+        parts["frame_index"].append(np.arange(n, dtype=np.int32))
     data = {k: np.concatenate(v) for k, v in parts.items()}
     data["instructions"] = np.array(reader.tasks)
     data["joint_names"] = np.array(reader.joint_names)

@@ -10,7 +10,8 @@ Data are the training arrays (``hlrp_ros.datasets.training_arrays`` or the demo 
 A policy conditioning on ``n_obs_steps = n > 1`` observations (diffusion) gets frames ``t - n + 1 .. t`` of
 the same episode, the first frame repeated before the episode's start (what LeRobot's dataset does), and its
 action trajectory starts at the oldest one; trajectory steps before the start are marked ``action_is_pad``
-and left out of the loss. That needs consecutive frames, so arrays with ``episode`` ids.
+and left out of the loss. That needs every frame of each episode, in order (``frame_index`` 0, 1, 2, ...
+within each ``episode``, as a LeRobot dataset gives): the demo world's arrays keep a few frames per episode.
 """
 
 from __future__ import annotations
@@ -56,6 +57,15 @@ def build_family_policy(family: str, chunk_size: int, n_action_steps: int, image
     raise ValueError(f"unknown policy family {family!r}; known: {FAMILIES}")
 
 
+def consecutive_frames(episode: np.ndarray, frame_index: np.ndarray) -> bool:
+    """Whether the arrays hold whole episodes in order: ``frame_index`` 0, 1, 2, ... within each episode."""
+    if len(episode) == 0 or len(frame_index) != len(episode):
+        return False
+    new = np.r_[True, episode[1:] != episode[:-1]]
+    expected = np.arange(len(episode)) - np.maximum.accumulate(np.where(new, np.arange(len(episode)), 0))
+    return bool(np.array_equal(frame_index, expected))
+
+
 class ObservationBatcher:
     """Batches of ``Observation`` objects collated by the policy's own processor (see module docstring)."""
 
@@ -70,10 +80,10 @@ class ObservationBatcher:
         self.n_obs_steps = history_length(policy.config)
         self.horizon = int(getattr(policy.config, "horizon", 0) or policy.config.chunk_size)
         if self.n_obs_steps > 1 or self.horizon != self.actions.shape[1]:
-            if "episode" not in data:
+            episode = np.asarray(data.get("episode", []))
+            if not consecutive_frames(episode, np.asarray(data.get("frame_index", []))):
                 raise ValueError(f"a policy with n_obs_steps={self.n_obs_steps} and horizon {self.horizon} needs "
-                                 f"consecutive frames with episode ids (a LeRobot dataset via --dataset)")
-            episode = np.asarray(data["episode"])
+                                 f"every frame of each episode in order (a LeRobot dataset via --dataset)")
             starts = np.flatnonzero(np.r_[True, episode[1:] != episode[:-1]])
             ends = np.r_[starts[1:], len(episode)] - 1
             run = np.cumsum(np.r_[True, episode[1:] != episode[:-1]]) - 1
