@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
+import shutil
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,6 +14,17 @@ import torch
 from hlrp_ros.policies.base import Observation
 from hlrp_ros.policies.hlrp.modeling_hlrp import HLRPPolicy
 from hlrp_ros.policies.hlrp.presets import make_config
+
+LEROBOT_DIFFUSION_FIXTURES = Path(__file__).parent / "fixtures" / "lerobot_diffusion"
+
+
+def unpack_lerobot_diffusion(name: str, dest: Path) -> Path:
+    """The LeRobot diffusion fixture checkpoint ``name`` as LeRobot wrote it (model.safetensors decompressed)."""
+    ckpt = dest / name
+    shutil.copytree(LEROBOT_DIFFUSION_FIXTURES / name / "checkpoint", ckpt)
+    (ckpt / "model.safetensors").write_bytes(gzip.decompress((ckpt / "model.safetensors.gz").read_bytes()))
+    (ckpt / "model.safetensors.gz").unlink()
+    return ckpt
 
 
 def tiny_policy(seed: int = 0, **overrides: Any) -> HLRPPolicy:

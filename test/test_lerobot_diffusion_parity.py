@@ -11,13 +11,13 @@ LeRobot is not needed to run these tests.
 
 from __future__ import annotations
 
-import gzip
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from model_fixtures import LEROBOT_DIFFUSION_FIXTURES, unpack_lerobot_diffusion
 from safetensors.torch import load_file
 
 from hlrp_ros.policies.base import Observation
@@ -26,24 +26,15 @@ from hlrp_ros.policies.diffusion import modeling_diffusion as md
 from hlrp_ros.policies.factory import load_policy
 from hlrp_ros.policies.lerobot_diffusion import LeRobotCheckpointError, load_lerobot_diffusion
 
-FIXTURES = Path(__file__).parent / "fixtures" / "lerobot_diffusion"
+FIXTURES = LEROBOT_DIFFUSION_FIXTURES
 META = json.loads((FIXTURES / "cases.json").read_text())["fixtures"]
 TOL = 1e-4
-
-
-def unpack(name: str, dest: Path) -> Path:
-    """The checkpoint directory as LeRobot wrote it (model.safetensors decompressed) under ``dest``."""
-    ckpt = dest / name
-    shutil.copytree(FIXTURES / name / "checkpoint", ckpt)
-    (ckpt / "model.safetensors").write_bytes(gzip.decompress((ckpt / "model.safetensors.gz").read_bytes()))
-    (ckpt / "model.safetensors.gz").unlink()
-    return ckpt
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("lerobot_diffusion")
-    return {name: unpack(name, root) for name in META}
+    return {name: unpack_lerobot_diffusion(name, root) for name in META}
 
 
 @pytest.fixture(scope="module")

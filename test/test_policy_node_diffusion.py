@@ -1,11 +1,12 @@
-"""policy_node serves a diffusion checkpoint that conditions on an observation history, over real ROS 2.
+"""policy_node serves diffusion checkpoints that condition on an observation history, over real ROS 2.
 
 A tiny random language-conditioned diffusion checkpoint (``n_obs_steps = 2``, observations 0.1 s apart) is
 saved into tmp_path; the node runs as its own process, with ``history_pad_start`` off (no chunk before the
 inputs cover the whole history). The test publishes the cameras with stamps it
 chooses, so a gap in the history is a property of the stamps, not of the machine's timing: a camera at
 2 Hz can never give an observation 0.1 s before the newest one (named rejection, no chunk), a camera at
-10 Hz can.
+10 Hz can. A LeRobot 0.6.1 diffusion checkpoint (the parity fixture LeRobot itself wrote: its state has
+three values, its action two) is served with ``state_joint_names``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from model_fixtures import unpack_lerobot_diffusion
 from ros_testing import (
     STARTUP_TIMEOUT,
     SpinningNode,
@@ -111,3 +113,55 @@ def test_a_history_policy_gets_its_observations_period_apart_and_a_gap_blocks_th
             assert (msg.horizon, msg.action_dim) == (4, 2) and np.isfinite(chunk.actions).all()
             assert msg.instruction == "push the red cube"
     assert proc.returncode() is None, proc.output()
+
+
+def lerobot_params(checkpoint, **changes) -> dict:
+    return {"checkpoint": str(checkpoint), "camera_topics": [CAMERA], "camera_names": ["top"],
+            "joint_names": JOINTS, "state_joint_names": [*JOINTS, "gripper"],
+            "joint_states_topic": "/hlrp_diffusion_test/joint_states",
+            "instruction_topic": "/hlrp_diffusion_test/instruction",
+            "output_topic": "/hlrp_diffusion_test/action_chunk", "inference_period": 0.5, "action_period": 0.1,
+            "max_observation_age": 3.0, "torch_threads": 1, "seed": 0, **changes}
+
+
+def test_a_lerobot_diffusion_checkpoint_whose_state_is_not_its_action_is_served(node_process, rclpy_context,
+                                                                                tmp_path):
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import Image, JointState
+    from std_msgs.msg import String
+
+    from hlrp_ros.chunk_codec import decode_chunk
+    from hlrp_ros.msg import ActionChunk
+
+    checkpoint = unpack_lerobot_diffusion("ddpm", tmp_path)  # 1 camera 32x32, state 3, action 2, 2 observations
+    with SpinningNode(rclpy_context) as spinner:
+        node = spinner.node
+        node.create_publisher(String, "/hlrp_diffusion_test/instruction", latched_qos()).publish(
+            String(data="push the T into place"))
+        chunks = spinner.collect(ActionChunk, "/hlrp_diffusion_test/action_chunk", reliable_qos())
+        camera = node.create_publisher(Image, CAMERA, qos_profile_sensor_data)
+        joints = node.create_publisher(JointState, "/hlrp_diffusion_test/joint_states", qos_profile_sensor_data)
+
+        def tick() -> None:
+            now = spinner.now_ns()
+            camera.publish(camera_image(now, size=(32, 32)))
+            # the gripper is measured (part of the state) but not commanded; the extra joint is ignored
+            joints.publish(joint_state(now, ["gripper", "elbow", "extra", "shoulder"], [0.02, 0.3, 9.0, -0.1]))
+
+        node.create_timer(0.1, tick)
+        proc = node_process("policy_node", params=lerobot_params(checkpoint))
+        assert wait_for(lambda: len(chunks) >= 2 or proc.returncode() is not None, STARTUP_TIMEOUT), proc.output()
+        assert len(chunks) >= 2, proc.output()
+        _, msg = chunks[0]
+        assert list(msg.joint_names) == JOINTS and (msg.horizon, msg.action_dim) == (8, 2)
+        assert np.isfinite(decode_chunk(msg, JOINTS).actions).all()
+    assert proc.returncode() is None, proc.output()
+
+
+def test_a_state_that_is_not_the_action_needs_its_joints_named(node_process, tmp_path):
+    checkpoint = unpack_lerobot_diffusion("ddpm", tmp_path)
+    proc = node_process("policy_node", params=lerobot_params(checkpoint, state_joint_names=[]))
+    assert proc.wait(timeout=STARTUP_TIMEOUT) not in (None, 0), proc.output()
+    assert "invalid parameter 'joint_names'" in proc.output()
+    assert "2 names, but the model has state_dim 3" in proc.output()
+    assert "set state_joint_names to the joints that form it" in proc.output()

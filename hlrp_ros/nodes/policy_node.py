@@ -76,6 +76,8 @@ PARAMS = (
               "(empty: not subscribed)."),
     ParamSpec("joint_names", [], "Joints defining the order of state and action dimensions "
               "(empty: the checkpoint's joint_names)."),
+    ParamSpec("state_joint_names", [], "Joints whose measured positions form the state, in order, when it is not "
+              "the action's joints (a model with state_dim != action_dim; empty: joint_names)."),
     ParamSpec("inference_period", 0.5, "Timer period between inferences (s).", minimum=0.001, maximum=3600.0, read_only=False),
     ParamSpec("action_period", 0.1, "Seconds between consecutive actions of a chunk (ActionChunk.dt).",
               minimum=1e-4, maximum=60.0),
@@ -187,7 +189,8 @@ class PolicyNode(Node):
         if not topics or len(topics) != len(names):
             raise ParameterError("camera_names", f"needs one model camera name per camera_topics entry "
                                                  f"({len(names)} names for {len(topics)} topics)")
-        for key, values in (("camera_topics", topics), ("camera_names", names), ("joint_names", p["joint_names"])):
+        for key, values in (("camera_topics", topics), ("camera_names", names), ("joint_names", p["joint_names"]),
+                            ("state_joint_names", p["state_joint_names"])):
             if len(set(values)) != len(values) or any(not v for v in values):
                 raise ParameterError(key, f"entries must be unique and non-empty: {values}")
         for key in ("joint_states_topic", "instruction_topic", "output_topic"):
@@ -222,12 +225,19 @@ class PolicyNode(Node):
         names = p["joint_names"] or list(cfg.joint_names or [])
         if not names:
             raise ParameterError("joint_names", "required: the checkpoint names no joints")
-        if len(names) != cfg.action_dim or len(names) != cfg.state_dim:
-            raise ParameterError("joint_names", f"{len(names)} names, but the model has state_dim {cfg.state_dim} "
-                                                f"and action_dim {cfg.action_dim}")
+        state_names = p["state_joint_names"] or names
+        if len(names) != cfg.action_dim:
+            raise ParameterError("joint_names", f"{len(names)} names, but the model has action_dim {cfg.action_dim}")
+        if len(state_names) != cfg.state_dim:
+            which = "state_joint_names" if p["state_joint_names"] else "joint_names"
+            hint = "" if p["state_joint_names"] else \
+                " (its state is not its action's joints: set state_joint_names to the joints that form it)"
+            raise ParameterError(which, f"{len(state_names)} names, but the model has state_dim {cfg.state_dim}"
+                                        f"{hint}")
         if cfg.joint_names and sorted(cfg.joint_names) != sorted(names):
             raise ParameterError("joint_names", f"{names} differ from the checkpoint's {list(cfg.joint_names)}")
         self.joint_names = list(names)
+        self.state_names = list(state_names)
         self.n_action_steps = p["n_action_steps"] or cfg.n_action_steps
         if self.n_action_steps > cfg.chunk_size:
             raise ParameterError("n_action_steps", f"{self.n_action_steps} > the model's chunk_size {cfg.chunk_size}")
@@ -409,11 +419,11 @@ class PolicyNode(Node):
             raise InputRejected("joint_layout", f"joint state on {topic} has {len(names)} names but "
                                                 f"{len(msg.position)} positions")
         index = {n: i for i, n in enumerate(names)}
-        missing = [n for n in self.joint_names if n not in index]
+        missing = [n for n in self.state_names if n not in index]
         if missing:
             raise InputRejected("joint_missing", f"joint state on {topic} lacks configured joint(s) {missing}")
-        state = np.array([msg.position[index[n]] for n in self.joint_names], dtype=np.float32)
-        bad = [n for n, v in zip(self.joint_names, state) if not np.isfinite(v)]
+        state = np.array([msg.position[index[n]] for n in self.state_names], dtype=np.float32)
+        bad = [n for n, v in zip(self.state_names, state) if not np.isfinite(v)]
         if bad:
             raise InputRejected("joint_nonfinite", f"joint state on {topic} has non-finite positions for {bad}")
         return state, stamp
