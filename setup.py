@@ -19,7 +19,7 @@ setup(
     package_data={"hlrp_ros": ["**/*.json", "**/*.safetensors", "**/*.txt", "**/*.md"]},
     install_requires=[
         "torch>=2.4",
-        "transformers>=4.52",
+        "transformers>=5.0,<6",
         "safetensors>=0.4",
         "tokenizers>=0.20",
         "diffusers>=0.42",
@@ -28,5 +28,9 @@ setup(
         "pyyaml>=6",
         "tqdm>=4.60",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={
+        "test": ["pytest>=7"],
+        # LeRobot v3.0 datasets (parquet, per-camera video) and the rosbag2 importer
+        "datasets": ["pyarrow>=14", "av>=12", "rosbags>=0.10"],
+    },
 )
