@@ -43,7 +43,7 @@ def default_checkpoint() -> Path:
 
 
 def bring_up(checkpoint: Path, env: dict[str, str], log_dir: Path, policy_params: dict | None = None,
-             sim_params: dict | None = None) -> list[NodeProcess]:
+             sim_params: dict | None = None, controller_params: dict | None = None) -> list[NodeProcess]:
     """Start demo_sim, policy_node and controller_node (same executables/parameter files as the launch file)."""
     files = [config_file("hlrp.yaml"), config_file("demo.yaml")]
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -52,7 +52,8 @@ def bring_up(checkpoint: Path, env: dict[str, str], log_dir: Path, policy_params
         NodeProcess("policy_node", params_files=files,
                     params={"checkpoint": str(Path(checkpoint).resolve()), **(policy_params or {})},
                     env=env, log_dir=log_dir),
-        NodeProcess("controller_node", params_files=files, env=env, log_dir=log_dir),
+        NodeProcess("controller_node", params_files=files, params=dict(controller_params or {}), env=env,
+                    log_dir=log_dir),
     ]
     for proc in procs:
         proc.start()
