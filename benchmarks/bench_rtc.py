@@ -32,9 +32,9 @@ import numpy as np
 MODES = ("switch", "blend", "guided")
 
 
-def mode_params(mode: str, delay: float, blend_time: float, chunk: int) -> tuple[dict, dict]:
+def mode_params(mode: str, delay: float, blend_time: float, chunk: int, beta: float) -> tuple[dict, dict]:
     """(policy_node, controller_node) parameters of one condition."""
-    policy = {"extra_inference_delay": float(delay), "n_action_steps": chunk,
+    policy = {"extra_inference_delay": float(delay), "n_action_steps": chunk, "rtc_beta": float(beta),
               "rtc_mode": "guided" if mode == "guided" else "off"}
     controller = {"blend_time": float(blend_time) if mode == "blend" else 0.0}
     return policy, controller
@@ -82,8 +82,9 @@ class Recorder:
     def window(self, start: float, end: float) -> tuple[list, np.ndarray, np.ndarray]:
         from hlrp_ros.tools.seam_metrics import ChunkRecord
 
+        # chunks computed from observations after ``start`` (their first action is due after it)
         chunks = [ChunkRecord(c["arrival"], c["start"], c["dt"], np.asarray(c["actions"]))
-                  for c in self.chunks if start <= c["arrival"] <= end]
+                  for c in self.chunks if start <= c["start"] and c["arrival"] <= end]
         cmds = [c for c in self.commands if start <= c[0] <= end]
         times = np.array([c[0] for c in cmds])
         positions = np.array([c[1] for c in cmds]) if cmds else np.zeros((0, 3))
@@ -99,7 +100,7 @@ def run_condition(args, mode: str, delay: float, checkpoint: Path) -> dict:
 
     env = isolated_ros_env()
     log_dir = Path(tempfile.mkdtemp(prefix=f"hlrp_rtc_{mode}_{delay}_"))
-    policy_params, controller_params = mode_params(mode, delay, args.blend_time, args.chunk)
+    policy_params, controller_params = mode_params(mode, delay, args.blend_time, args.chunk, args.beta)
     procs = bring_up(checkpoint, env, log_dir, policy_params=policy_params, controller_params=controller_params)
     old = {k: os.environ.get(k) for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")}
     os.environ.update({k: env[k] for k in old})
@@ -238,9 +239,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--blend-time", type=float, default=0.2, help="controller blend_time of the blend mode (s)")
     parser.add_argument("--chunk", type=int, default=16, help="n_action_steps of every mode")
+    parser.add_argument("--beta", type=float, default=5.0, help="policy_node rtc_beta of the guided mode")
     parser.add_argument("--timeout", type=float, default=8.0)
     parser.add_argument("--hold", type=float, default=0.0)
-    parser.add_argument("--skip", type=float, default=0.5, help="s after each reset without seams counted")
+    parser.add_argument("--skip", type=float, default=0.1, help="chunks due within this long after a reset are "
+                        "not compared with the previous episode's")
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--ready-timeout", type=float, default=120.0)
     parser.add_argument("--checkpoint", type=Path, default=None)

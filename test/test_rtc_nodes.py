@@ -81,7 +81,7 @@ def test_policy_node_guides_a_chunk_onto_the_actions_its_previous_chunk_has_due(
         assert guided.seams.counts["guided"] == 1 and guided.seams.counts["no_previous"] == 1
         values = guided._rtc_values()
         assert values["rtc.mode"] == "guided" and values["rtc.delay_steps_last"] == 3
-        assert values["rtc.delay_estimate_s"] >= 0.0 or guided.seams.delays.seen <= 2
+        assert guided.seams.delays.seen == 2  # a gather-to-publish latency per published chunk
         # A new instruction starts from fresh noise.
         feed(guided, 5, instruction="push the cube")
         assert guided.infer_once() and guided.seams.counts["instruction_changed"] == 1
