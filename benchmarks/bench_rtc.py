@@ -123,7 +123,7 @@ def run_condition(args, mode: str, delay: float, checkpoint: Path) -> dict:
             jumps += j
             jerks.append(sm.jerk_rms(times, positions))
             outcomes.append(outcome)
-            if i < 2:
+            if i < 5:  # a few episodes' commanded paths for the plot
                 traces.append({"times": times.tolist(), "positions": positions.tolist(),
                                "switches": [max(c.arrival, c.start) for c in chunks[1:]]})
             print(f"\r[{mode} +{delay:.1f} s] episode {i + 1}/{args.episodes}: "
@@ -198,15 +198,15 @@ def plot(results: list[dict], delay: float, path: Path) -> None:
     image = np.full((height, width, 3), 255, np.uint8)
     colours = [(200, 60, 30), (30, 140, 30), (30, 60, 200)]
     panel_h = (height - 3 * margin) // 2
-    span = 6.0  # seconds shown
+    span = max(float(tr["times"][-1] - tr["times"][0]) for r in results for tr in r["traces"]
+               if r["mode"] in ("switch", "guided") and abs(r["extra_delay"] - delay) < 1e-9)
     for k, mode in enumerate(("switch", "guided")):
         res = next((r for r in results if r["mode"] == mode and abs(r["extra_delay"] - delay) < 1e-9), None)
         if res is None or not res["traces"]:
             continue
-        tr = res["traces"][0]
+        tr = max(res["traces"], key=lambda trace: len(trace["switches"]))  # the episode with the most seams
         t, q = np.asarray(tr["times"]), np.asarray(tr["positions"])
-        keep = t - t[0] <= span
-        t, q = t[keep] - t[0], q[keep]
+        t = t - t[0]
         top = margin + k * (panel_h + margin)
         lo, hi = float(q.min()) - 0.05, float(q.max()) + 0.05
         def to_px(tt: float, qq: float, top: int = top, lo: float = lo, hi: float = hi) -> tuple[int, int]:
@@ -226,7 +226,7 @@ def plot(results: list[dict], delay: float, path: Path) -> None:
         cv2.putText(image, f"{mode}: commanded positions (rad, {lo:.2f}..{hi:.2f}), extra delay {delay:.1f} s, "
                     f"grey: chunk switches; seam gap p95 {g['p95']:.3f} rad", (margin, top - 10),
                     cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
-    cv2.putText(image, f"time (s), 0..{span:.0f}", (width // 2 - 60, height - 15), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
+    cv2.putText(image, f"time (s), 0..{span:.1f}", (width // 2 - 60, height - 15), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
                 (0, 0, 0), 1)
     path.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(path), image)
@@ -250,11 +250,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--plot", type=Path, default=None, help="PNG: switch vs guided traces at --plot-delay")
     parser.add_argument("--plot-delay", type=float, default=0.4)
+    parser.add_argument("--plot-from", type=Path, default=None, help="only draw --plot from this --json output")
     parser.add_argument("--cost-only", action="store_true", help="only the chunk-time comparison")
     parser.add_argument("--cost-presets", nargs="+", default=["tiny", "smolvla-base"])
     parser.add_argument("--cost-repeats", type=int, default=5)
     args = parser.parse_args(argv)
     out: dict = {"host": platform.node(), "load": os.getloadavg(), "args": {k: str(v) for k, v in vars(args).items()}}
+    if args.plot_from:
+        plot(json.loads(args.plot_from.read_text())["results"], args.plot_delay, args.plot)
+        return 0
     if args.cost_only:
         out["cost"] = chunk_cost(args.cost_presets, args.cost_repeats)
     else:
