@@ -95,48 +95,42 @@ def run_condition(args, mode: str, delay: float, checkpoint: Path) -> dict:
     from hlrp_ros.graph import isolated_ros_env
     from hlrp_ros.sim.language import make_instruction
     from hlrp_ros.tools import seam_metrics as sm
-    from hlrp_ros.tools.closed_loop import EpisodeDriver, bring_up, shut_down
+    from hlrp_ros.tools.closed_loop import EpisodeDriver, bring_up, joined_graph, shut_down
     from hlrp_ros.tools.evaluate import plan_episode
 
     env = isolated_ros_env()
     log_dir = Path(tempfile.mkdtemp(prefix=f"hlrp_rtc_{mode}_{delay}_"))
     policy_params, controller_params = mode_params(mode, delay, args.blend_time, args.chunk, args.beta)
     procs = bring_up(checkpoint, env, log_dir, policy_params=policy_params, controller_params=controller_params)
-    old = {k: os.environ.get(k) for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")}
-    os.environ.update({k: env[k] for k in old})
-    driver = EpisodeDriver()
-    rec = Recorder(driver.node)
     gaps, jumps, jerks, outcomes, traces = [], [], [], [], []
     try:
-        if not driver.wait_ready(make_instruction("red", np.random.default_rng(0)), args.ready_timeout):
-            raise RuntimeError(f"nodes not ready; logs in {log_dir}")
-        for i in range(args.episodes):
-            plan = plan_episode("train", args.seed, i, 1.0)
-            start = rec.now()
-            outcome = asdict(driver.run_episode(plan["seed"], plan["colour"], plan["instruction"], args.timeout,
-                                                hold=args.hold))
-            # Seams of this episode only: the reset teleports the arm, the first chunk after it is no seam.
-            chunks, times, positions = rec.window(start + args.skip, rec.now())
-            g = sm.target_gaps(chunks)
-            j = sm.commanded_jumps(times, positions, [max(c.arrival, c.start) for c in chunks[1:]])
-            gaps += g
-            jumps += j
-            jerks.append(sm.jerk_rms(times, positions))
-            outcomes.append(outcome)
-            if i < 5:  # a few episodes' commanded paths for the plot
-                traces.append({"times": times.tolist(), "positions": positions.tolist(),
-                               "switches": [max(c.arrival, c.start) for c in chunks[1:]]})
-            print(f"\r[{mode} +{delay:.1f} s] episode {i + 1}/{args.episodes}: "
-                  f"successes {sum(o['success'] for o in outcomes)}", end="", flush=True)
-        driver.spin_for(1.5)  # one more controller diagnostics message
-        print()
+        with joined_graph(env):
+            driver = EpisodeDriver()
+            try:
+                rec = Recorder(driver.node)
+                if not driver.wait_ready(make_instruction("red", np.random.default_rng(0)), args.ready_timeout):
+                    raise RuntimeError(f"nodes not ready; logs in {log_dir}")
+                for i in range(args.episodes):
+                    plan = plan_episode("train", args.seed, i, 1.0)
+                    start = rec.now()
+                    outcome = asdict(driver.run_episode(plan["seed"], plan["colour"], plan["instruction"],
+                                                        args.timeout, hold=args.hold))
+                    # Seams of this episode only: the reset teleports the arm.
+                    chunks, times, positions = rec.window(start + args.skip, rec.now())
+                    switches = [max(c.arrival, c.start) for c in chunks[1:]]
+                    gaps += sm.target_gaps(chunks)
+                    jumps += sm.commanded_jumps(times, positions, switches)
+                    jerks.append(sm.jerk_rms(times, positions))
+                    outcomes.append(outcome)
+                    if i < 5:  # a few episodes' commanded paths for the plot
+                        traces.append({"times": times.tolist(), "positions": positions.tolist(), "switches": switches})
+                    print(f"\r[{mode} +{delay:.1f} s] episode {i + 1}/{args.episodes}: "
+                          f"successes {sum(o['success'] for o in outcomes)}", end="", flush=True)
+                driver.spin_for(1.5)  # one more controller diagnostics message
+                print()
+            finally:
+                driver.close()
     finally:
-        driver.close()
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         shut_down(procs)
     times = [o["success_time"] for o in outcomes if o["success_time"] is not None]
     return {"mode": mode, "extra_delay": delay, "episodes": len(outcomes),

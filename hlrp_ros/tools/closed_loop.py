@@ -9,10 +9,12 @@ expects), and follows ``/demo_sim/episode`` and ``/action_chunk`` for statistics
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +60,22 @@ def bring_up(checkpoint: Path, env: dict[str, str], log_dir: Path, policy_params
     for proc in procs:
         proc.start()
     return procs
+
+
+@contextlib.contextmanager
+def joined_graph(env: dict[str, str]) -> Iterator[None]:
+    """This process's rclpy nodes join the DDS graph of ``env`` (its domain and discovery range) meanwhile."""
+    keys = ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")
+    old = {k: os.environ.get(k) for k in keys}
+    os.environ.update({k: env[k] for k in keys if k in env})
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def shut_down(procs: list[NodeProcess]) -> dict[str, int | None]:
