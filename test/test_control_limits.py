@@ -62,6 +62,7 @@ def test_seam_jump_is_ramped_at_reduced_speed_then_tracks():
     # Small seams are not ramped (only the velocity limit applies).
     out = f.filter(np.array([0.6, 0.0]), t + 0.1, new_chunk=True)
     assert out.seam_jump is None and out.positions[0] == pytest.approx(0.6)
+    assert f.seam_activations == 1  # counted once per ramp started, not per ramping tick
 
 
 def test_seam_ramp_without_velocity_limits_uses_ramp_velocity():

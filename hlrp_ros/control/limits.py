@@ -123,6 +123,8 @@ class SafetyFilter:
         self.last: np.ndarray | None = None
         self.last_time: float | None = None
         self.ramping = False
+        #: Seam ramps started (a chunk's first target further than ``seam_threshold`` from the last command).
+        self.seam_activations = 0
 
     def reset(self, positions: np.ndarray | None, t: float | None = None) -> None:
         """Set the last command (e.g. from measured joint positions), or forget it (None)."""
@@ -147,6 +149,7 @@ class SafetyFilter:
                 joint = int(np.argmax(gap))
                 if gap[joint] > self.seam_threshold:
                     self.ramping = True
+                    self.seam_activations += 1
                     seam_jump = (joint, float(gap[joint]))
             dt = self._step_time(t)
             speed = self.ramp_velocity if self.ramping else self.limits.max_velocity

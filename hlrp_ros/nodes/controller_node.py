@@ -549,6 +549,7 @@ class ControllerNode(LifecycleNode):
             "chunks_accepted": self.accepted, "chunks_rejected": self.reject.total,
             "joint_states_dropped": self.dropped_inputs.total,
             "commands_published": self.published, "seam_ramping": self.safety.ramping,
+            "seam_guard_activations": self.safety.seam_activations,
             **self._timing_values(),
             **self.qos_mismatches.diagnostics(),
         }

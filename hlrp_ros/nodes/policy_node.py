@@ -43,6 +43,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profi
 from hlrp_ros.allocator import keep_freed_memory, request_huge_pages
 from hlrp_ros.chunk_codec import encode_chunk, time_to_ns
 from hlrp_ros.control.ordering import arrives_out_of_order
+from hlrp_ros.control.seams import RTC_MODES, PublishedChunk, RtcConfig, SeamPlanner
 from hlrp_ros.control.ticks import TickGate
 from hlrp_ros.diagnostics import OK, WARN, ReasonThrottle, make_array, make_status
 from hlrp_ros.nodes import (
@@ -112,6 +113,24 @@ PARAMS = (
               "freed memory in the process (no page faults at steady state; the process keeps its peak memory). "
               "Huge pages need torch not yet imported in this process (else set THP_MEM_ALLOC_ENABLE=1)."),
     ParamSpec("diagnostics_period", 1.0, "Seconds between /diagnostics messages.", minimum=0.05, maximum=60.0),
+    ParamSpec("rtc_mode", "off", "Real-time chunking: off (each chunk from fresh noise) or guided (each chunk "
+              "inpainted onto the actions the previous one still has due; flow-matching families).",
+              choices=RTC_MODES, fixed_because="it is checked against the loaded policy family at start-up"),
+    ParamSpec("rtc_beta", 5.0, "Real-time chunking: clip of the guidance weight (the paper's beta).",
+              minimum=0.01, maximum=1000.0, read_only=False),
+    ParamSpec("rtc_execution_horizon", 0, "Real-time chunking: s, the last s actions of a chunk are not guided "
+              "(action steps; 0: inference_period / action_period, rounded).", minimum=0, maximum=100000),
+    ParamSpec("rtc_delay_window", 20, "Real-time chunking: gather-to-publish latencies in the delay estimate's "
+              "sliding window.", minimum=1, maximum=10000),
+    ParamSpec("rtc_delay_quantile", 0.95, "Real-time chunking: quantile of that window used as the inference "
+              "delay.", minimum=0.0, maximum=1.0),
+    ParamSpec("rtc_delay_warmup", 2, "Real-time chunking: first latencies left out of the estimate.",
+              minimum=0, maximum=10000),
+    ParamSpec("rtc_fixed_delay_steps", -1, "Real-time chunking: inference delay d in action steps instead of the "
+              "online estimate (-1: estimate).", minimum=-1, maximum=100000),
+    ParamSpec("extra_inference_delay", 0.0, "EVALUATION ONLY: sleep this long (s) before publishing each chunk, to "
+              "measure behaviour at inference delays the machine does not produce. Keep 0 on a robot.",
+              minimum=0.0, maximum=10.0, read_only=False),
 )
 
 
@@ -167,6 +186,7 @@ class PolicyNode(Node):
         self.camera_stats = {t: {"received": 0, "lost": 0, "reported": 0, "reported_ns": None}
                              for t in self.params["camera_topics"]}
         self.sim_clock = SimClockWatch(self, "no inference runs")
+        self.seams = self._seam_planner()
         self._inference_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._create_interfaces()
         accept_live_updates(self, PARAMS, self.params, self._check_live, self._apply_live)
@@ -265,6 +285,17 @@ class PolicyNode(Node):
                                          pad_start=p["history_pad_start"])
         self.get_logger().info(f"the policy conditions on {n} observations {period:g} s apart "
                                f"(tolerance {self.history.tolerance:g} s)")
+
+    def _seam_planner(self) -> SeamPlanner:
+        p = self.params
+        if p["rtc_mode"] != "off" and not getattr(self.policy, "supports_guidance", False):
+            raise ParameterError("rtc_mode", f"{p['rtc_mode']!r} needs a flow-matching policy; "
+                                             f"{type(self.policy).__name__} samples unguided only (use off)")
+        config = RtcConfig(mode=p["rtc_mode"], beta=p["rtc_beta"], execution_horizon=p["rtc_execution_horizon"],
+                           delay_window=p["rtc_delay_window"], delay_quantile=p["rtc_delay_quantile"],
+                           delay_warmup=p["rtc_delay_warmup"], fixed_delay_steps=p["rtc_fixed_delay_steps"])
+        default_s = round(p["inference_period"] / p["action_period"])
+        return SeamPlanner(config, self.policy.config.chunk_size, default_s)
 
     def _create_interfaces(self) -> None:
         from diagnostic_msgs.msg import DiagnosticArray
@@ -558,7 +589,7 @@ class PolicyNode(Node):
             return False
         try:
             prefix = self.policy.encode_prefix(obs)
-            chunk = self.policy.sample_chunk(prefix, num_steps=self.num_steps, generator=self.generator)
+            chunk = self._sample_chunk(prefix, now_ns, obs.instruction)
         except Exception as exc:  # a model error must not kill the node
             self.reject("model_error", f"no chunk: inference failed: {type(exc).__name__}: {exc}")
             return False
@@ -569,14 +600,54 @@ class PolicyNode(Node):
         latency = time.monotonic() - wall
         self.chunk_id += 1
         msg = encode_chunk(actions, self.joint_names, chunk_id=self.chunk_id, stamp_ns=stamp_ns,
-                           first_action_ns=now_ns + int(self.params["first_action_delay"] * 1e9),
+                           first_action_ns=self._first_action_ns(now_ns),
                            dt=self.params["action_period"], instruction=self._instruction_used,
                            inference_latency=latency, run_id=self.run_id)
+        self._extra_delay()
         self.chunk_pub.publish(msg)
         self.published += 1
         self.latencies = (self.latencies + [latency])[-100:]
         self.last_publish_ns = self.get_clock().now().nanoseconds
+        self._remember_published(actions, now_ns, obs.instruction)
         return True
+
+    # ----------------------------------------------------------------------------- real-time chunking
+    def _first_action_ns(self, now_ns: int) -> int:
+        return now_ns + int(self.params["first_action_delay"] * 1e9)
+
+    def _sample_chunk(self, prefix, now_ns: int, instruction: str):
+        """``sample_chunk``, guided by the previous chunk's due actions when ``rtc_mode`` is guided."""
+        p = self.params
+        plan = self.seams.plan(p["rtc_mode"], self._first_action_ns(now_ns), p["action_period"],
+                               p["first_action_delay"], instruction)
+        if plan.due is None:
+            return self.policy.sample_chunk(prefix, num_steps=self.num_steps, generator=self.generator)
+        import torch
+
+        from hlrp_ros.policies.common.realtime_chunking import ChunkGuide
+
+        guide = ChunkGuide(torch.from_numpy(plan.due.astype(np.float32)), delay=plan.delay,
+                           execution_horizon=plan.execution_horizon, beta=p["rtc_beta"])
+        return self.policy.sample_chunk(prefix, num_steps=self.num_steps, generator=self.generator, guide=guide)
+
+    def _extra_delay(self) -> None:
+        """EVALUATION ONLY (``extra_inference_delay``): a longer inference, as a slower machine would have."""
+        if self.params["extra_inference_delay"] > 0:
+            time.sleep(self.params["extra_inference_delay"])
+
+    def _remember_published(self, actions: np.ndarray, now_ns: int, instruction: str) -> None:
+        chunk = PublishedChunk(actions.astype(np.float64), self._first_action_ns(now_ns), self.params["action_period"],
+                               instruction)
+        self.seams.published(chunk, (self.last_publish_ns - now_ns) * 1e-9)
+
+    def _rtc_values(self) -> dict:
+        estimate = self.seams.delays.estimate()
+        values = {"rtc.mode": self.params["rtc_mode"], "rtc.beta": self.params["rtc_beta"],
+                  "rtc.execution_horizon": self.seams.execution_horizon, "rtc.delay_steps_last": self.seams.last_delay,
+                  "rtc.delay_estimate_s": -1.0 if estimate is None else estimate,
+                  "rtc.extra_inference_delay": self.params["extra_inference_delay"]}
+        values.update({f"rtc.chunks.{reason}": n for reason, n in self.seams.counts.items()})
+        return values
 
     def _camera_values(self, now_ns: int) -> dict:
         """Each camera's received rate since the last report, the age of its newest frame, frames lost."""
@@ -612,6 +683,7 @@ class PolicyNode(Node):
             values[f"rejected.{reason}"] = count
         values.update(self.qos_mismatches.diagnostics())
         values.update(self._camera_values(now.nanoseconds))
+        values.update(self._rtc_values())
         stale = last is None or (now.nanoseconds - last) * 1e-9 > 3 * self.params["inference_period"]
         level, message = (WARN, "no recent chunk") if stale else (OK, "publishing chunks")
         if self.sim_clock.waiting():

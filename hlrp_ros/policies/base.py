@@ -84,6 +84,10 @@ class ActionExpert(abc.ABC):
     #: n_action_steps, num_steps, tokenizer_max_length, joint_names).
     config: Any
 
+    #: Whether ``sample_chunk`` accepts ``guide=`` (a :class:`~hlrp_ros.policies.common.realtime_chunking.ChunkGuide`):
+    #: real-time chunking, for the flow-matching families. The others sample unguided only.
+    supports_guidance: bool = False
+
     @abc.abstractmethod
     def encode_prefix(self, observation: Observation) -> Any:
         """Encodes the observation once per chunk (e.g. the VLM key/value cache)."""
@@ -97,6 +101,9 @@ class ActionExpert(abc.ABC):
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """Samples an un-normalised float32 CPU chunk ``(chunk_size, action_dim)`` from an encoded prefix.
+
+        Families with :attr:`supports_guidance` also take ``guide=`` (None: unguided, the same actions as
+        without the argument).
 
         Args:
             prefix: Output of :meth:`encode_prefix`.

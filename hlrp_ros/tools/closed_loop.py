@@ -9,10 +9,12 @@ expects), and follows ``/demo_sim/episode`` and ``/action_chunk`` for statistics
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,7 +45,7 @@ def default_checkpoint() -> Path:
 
 
 def bring_up(checkpoint: Path, env: dict[str, str], log_dir: Path, policy_params: dict | None = None,
-             sim_params: dict | None = None) -> list[NodeProcess]:
+             sim_params: dict | None = None, controller_params: dict | None = None) -> list[NodeProcess]:
     """Start demo_sim, policy_node and controller_node (same executables/parameter files as the launch file)."""
     files = [config_file("hlrp.yaml"), config_file("demo.yaml")]
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -52,11 +54,28 @@ def bring_up(checkpoint: Path, env: dict[str, str], log_dir: Path, policy_params
         NodeProcess("policy_node", params_files=files,
                     params={"checkpoint": str(Path(checkpoint).resolve()), **(policy_params or {})},
                     env=env, log_dir=log_dir),
-        NodeProcess("controller_node", params_files=files, env=env, log_dir=log_dir),
+        NodeProcess("controller_node", params_files=files, params=dict(controller_params or {}), env=env,
+                    log_dir=log_dir),
     ]
     for proc in procs:
         proc.start()
     return procs
+
+
+@contextlib.contextmanager
+def joined_graph(env: dict[str, str]) -> Iterator[None]:
+    """This process's rclpy nodes join the DDS graph of ``env`` (its domain and discovery range) meanwhile."""
+    keys = ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")
+    old = {k: os.environ.get(k) for k in keys}
+    os.environ.update({k: env[k] for k in keys if k in env})
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def shut_down(procs: list[NodeProcess]) -> dict[str, int | None]:

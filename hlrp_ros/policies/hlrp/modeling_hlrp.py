@@ -31,7 +31,8 @@ from transformers import PreTrainedTokenizerBase, SmolVLMConfig
 from transformers.initialization import no_init_weights
 
 from hlrp_ros.policies.base import ActionExpert, Observation
-from hlrp_ros.policies.common import flow_matching
+from hlrp_ros.policies.common import flow_matching, realtime_chunking
+from hlrp_ros.policies.common.realtime_chunking import ChunkGuide
 from hlrp_ros.policies.hlrp.configuration_hlrp import HLRPConfig
 from hlrp_ros.policies.hlrp.processor_hlrp import HLRPProcessor, build_tiny_tokenizer, load_tokenizer
 from hlrp_ros.policies.hlrp.smolvlm_with_expert import (
@@ -128,6 +129,19 @@ class PrefixCache:
     batch_size: int
     batched: bool = True
     truncated: bool = False
+
+
+def _release_graph(cache: object) -> None:
+    """Detaches, in place, the cache tensors a guided step wrote autograd history into.
+
+    The self-attention layers write each step's action keys/values into the cache's buffers in place; in a
+    guided step those values carry the step's graph, which the next step must not backpropagate into.
+    """
+    for value in getattr(cache, "__dict__", {}).values():
+        tensors = value.values() if isinstance(value, dict) else [value]
+        for tensor in tensors:
+            if isinstance(tensor, Tensor) and tensor.requires_grad:
+                tensor.detach_()
 
 
 class VLAFlowMatching(nn.Module):
@@ -339,6 +353,41 @@ class VLAFlowMatching(nn.Module):
 
         return flow_matching.euler_integrate(velocity, x, num_steps or self.config.num_steps)
 
+    def sample_guided_from_prefix(
+        self,
+        prefix: PrefixCache,
+        target: Tensor,
+        weights: Tensor,
+        beta: float,
+        noise: Tensor | None = None,
+        num_steps: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Real-time chunking: guided Euler integration towards ``target`` (see :mod:`realtime_chunking`).
+
+        Args:
+            prefix: The chunk's cache; a constant here (the gradient runs through the expert only).
+            target / weights: ``(B or 1, C, max_action_dim)`` normalised guide actions and their soft mask.
+            beta: Guidance weight clip.
+
+        Returns:
+            Normalised ``(B, C, max_action_dim)``.
+        """
+        device = prefix.prefix_pad_masks.device
+        x = self._noise(prefix.batch_size, device, noise, generator)
+        bsize = prefix.batch_size
+
+        def velocity(x_t: Tensor, t: float) -> Tensor:
+            _release_graph(prefix.expert_cache)
+            return self.denoise_step(prefix, x_t, torch.tensor(t, dtype=torch.float32, device=device).expand(bsize))
+
+        try:
+            return realtime_chunking.guided_euler_integrate(
+                velocity, x, num_steps or self.config.num_steps, target, weights, beta
+            )
+        finally:
+            _release_graph(prefix.expert_cache)
+
     def sample_actions(
         self,
         images: list[Tensor],
@@ -483,6 +532,9 @@ class HLRPPolicy(nn.Module, ActionExpert):
             is loaded; much faster for large models). Buffers are always initialised.
     """
 
+    #: Real-time chunking: ``sample_chunk`` takes a ``guide``.
+    supports_guidance = True
+
     def __init__(
         self, config: HLRPConfig, tokenizer: PreTrainedTokenizerBase | None = None, init_weights: bool = True
     ) -> None:
@@ -559,6 +611,7 @@ class HLRPPolicy(nn.Module, ActionExpert):
         num_steps: int | None = None,
         noise: Tensor | None = None,
         generator: torch.Generator | None = None,
+        guide: ChunkGuide | None = None,
     ) -> Tensor:
         """Samples un-normalised float32 CPU actions: ``(C, action_dim)``, or ``(B, C, action_dim)`` when batched.
 
@@ -567,8 +620,18 @@ class HLRPPolicy(nn.Module, ActionExpert):
             num_steps: Euler steps (None -> config.num_steps).
             noise: ``(C, max_action_dim)`` or ``(B, C, max_action_dim)`` initial noise.
             generator: Generator for the noise.
+            guide: Real-time chunking guide (robot units); None samples unguided.
         """
-        actions = self.model.sample_from_prefix(prefix, noise=noise, num_steps=num_steps, generator=generator)
+        if guide is None:
+            actions = self.model.sample_from_prefix(prefix, noise=noise, num_steps=num_steps, generator=generator)
+        else:
+            guide.check(self.config.chunk_size, self.config.action_dim, prefix.batch_size)
+            target, weights = realtime_chunking.guide_tensors(
+                guide, self.config.chunk_size, self.config.max_action_dim, self.normalize_action, self.device
+            )
+            actions = self.model.sample_guided_from_prefix(
+                prefix, target, weights, guide.beta, noise=noise, num_steps=num_steps, generator=generator
+            )
         actions = self.normalize_action.inverse(actions[..., : self.config.action_dim]).cpu()
         return actions if prefix.batched else actions[0]
 

@@ -38,7 +38,8 @@ from transformers.initialization import no_init_weights
 from transformers.models.gemma.modeling_gemma import apply_rotary_pos_emb
 
 from hlrp_ros.policies.base import ActionExpert, Observation
-from hlrp_ros.policies.common import flow_matching
+from hlrp_ros.policies.common import flow_matching, realtime_chunking
+from hlrp_ros.policies.common.realtime_chunking import ChunkGuide
 from hlrp_ros.policies.hlrp.modeling_hlrp import (
     CheckpointError,
     Normalizer,
@@ -362,6 +363,22 @@ class PI0FlowMatching(nn.Module):
 
         return flow_matching.euler_integrate(velocity, x, num_steps or self.config.num_steps)
 
+    def sample_guided_from_prefix(self, prefix: PI0Prefix, target: Tensor, weights: Tensor, beta: float,
+                                  noise: Tensor | None = None, num_steps: int | None = None,
+                                  generator: torch.Generator | None = None) -> Tensor:
+        """Real-time chunking: guided Euler integration towards ``target`` (``(B or 1, C, max_action_dim)``,
+        normalised, with its soft mask ``weights``); the prefix cache is a constant (gradient through the
+        expert only). Returns normalised ``(B, C, max_action_dim)``."""
+        device = prefix.mask.device
+        bsize = prefix.batch_size
+        x = self._noise(bsize, device, noise, generator)
+
+        def velocity(x_t: Tensor, t: float) -> Tensor:
+            return self.denoise_step(prefix, x_t, torch.tensor(t, dtype=torch.float32, device=device).expand(bsize))
+
+        return realtime_chunking.guided_euler_integrate(velocity, x, num_steps or self.config.num_steps,
+                                                        target, weights, beta)
+
     # --- the joint pass (training, and the uncached reference) -----------------------------------------
     def joint_forward(self, prefix_embs: Tensor, prefix_pad: Tensor, state: Tensor | None, x_t: Tensor,
                       timestep: Tensor) -> Tensor:
@@ -433,6 +450,9 @@ class PI0Policy(nn.Module, ActionExpert):
         init_weights: False skips random initialisation (for loading a checkpoint into a large model).
     """
 
+    #: Real-time chunking: ``sample_chunk`` takes a ``guide``.
+    supports_guidance = True
+
     def __init__(self, config: PI0Config, tokenizer: PreTrainedTokenizerBase | None = None,
                  init_weights: bool = True) -> None:
         super().__init__()
@@ -491,9 +511,19 @@ class PI0Policy(nn.Module, ActionExpert):
 
     @torch.no_grad()
     def sample_chunk(self, prefix: PI0Prefix, num_steps: int | None = None, noise: Tensor | None = None,
-                     generator: torch.Generator | None = None) -> Tensor:
-        """Un-normalised float32 CPU actions ``(C, action_dim)`` (``(B, C, action_dim)`` when batched)."""
-        actions = self.model.sample_from_prefix(prefix, noise=noise, num_steps=num_steps, generator=generator)
+                     generator: torch.Generator | None = None, guide: ChunkGuide | None = None) -> Tensor:
+        """Un-normalised float32 CPU actions ``(C, action_dim)`` (``(B, C, action_dim)`` when batched).
+
+        ``guide`` (robot units) turns on real-time chunking; None samples unguided."""
+        if guide is None:
+            actions = self.model.sample_from_prefix(prefix, noise=noise, num_steps=num_steps, generator=generator)
+        else:
+            cfg = self.config
+            guide.check(cfg.chunk_size, cfg.action_dim, prefix.batch_size)
+            target, weights = realtime_chunking.guide_tensors(guide, cfg.chunk_size, cfg.max_action_dim,
+                                                              self.normalize_action, self.device)
+            actions = self.model.sample_guided_from_prefix(prefix, target, weights, guide.beta, noise=noise,
+                                                           num_steps=num_steps, generator=generator)
         actions = self.normalize_action.inverse(actions[..., : self.config.action_dim]).cpu()
         return actions if prefix.batched else actions[0]
 
