@@ -1,12 +1,20 @@
 #!/usr/bin/env python3
-"""Generate the LeRobot SmolVLA parity fixtures (issue 6).
+"""Generate the LeRobot SmolVLA parity fixtures (issue 6), for LeRobot 0.4.x or 0.6.x.
 
-Runs ONLY in a separate venv where LeRobot 0.4.x is installed, e.g.::
+Runs ONLY in a separate venv where LeRobot is installed, e.g.::
 
     python3 -m venv /work/lerobot-venv
     /work/lerobot-venv/bin/pip install torch==2.9.1 torchvision==0.24.1 "lerobot[smolvla]==0.4.4"
     /work/lerobot-venv/bin/python scripts/make_lerobot_fixtures.py            # (re)write the fixtures
     /work/lerobot-venv/bin/python scripts/make_lerobot_fixtures.py --check    # regenerate in a temp dir, compare
+
+    /root/.pyenv/versions/3.12.1/bin/python -m venv /work/lerobot061          # LeRobot 0.6 needs Python >= 3.12
+    /work/lerobot061/bin/pip install "lerobot[smolvla]==0.6.1"
+    /work/lerobot061/bin/python scripts/make_lerobot_fixtures.py [--check]
+
+The installed LeRobot picks the directory: 0.4.x writes ``test/fixtures/lerobot_smolvla/`` (transformers 4),
+0.6.x ``test/fixtures/lerobot06_smolvla/`` (transformers 5, whose SmolVLM vision position ids differ and whose
+checkpoints carry ``pretrained_revision``), both from the same spec.
 
 Everything is offline: the VLM backbone is a tiny SmolVLM config written here (random, seeded weights)
 with a byte-level BPE tokenizer built with the `tokenizers` library and a SmolVLM processor around it.
@@ -60,7 +68,19 @@ from safetensors.torch import load_file, save_file
 
 LOG = logging.getLogger("make_lerobot_fixtures")
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = REPO / "test" / "fixtures" / "lerobot_smolvla"
+#: Fixture directory per LeRobot generation (major.minor of the installed LeRobot).
+FIXTURE_DIRS = {"0.4": "lerobot_smolvla", "0.6": "lerobot06_smolvla"}
+
+
+def default_out() -> Path:
+    """The fixture directory of the installed LeRobot's generation."""
+    generation = ".".join(lerobot.__version__.split(".")[:2])
+    if generation not in FIXTURE_DIRS:
+        sys.exit(f"LeRobot {lerobot.__version__}: no fixture directory for this generation "
+                 f"(known: {sorted(FIXTURE_DIRS)}); pass --out")
+    return REPO / "test" / "fixtures" / FIXTURE_DIRS[generation]
+
+
 VLM_DIRNAME = "vlm"
 CKPT_DIRNAME = "checkpoint"
 
@@ -450,7 +470,8 @@ def compare_trees(ref: Path, new: Path, atol: float = 1e-6) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="fixture directory")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="fixture directory (default: the installed LeRobot generation's, see FIXTURE_DIRS)")
     parser.add_argument("--check", action="store_true",
                         help="regenerate into a temp dir and compare with the committed fixtures")
     parser.add_argument("--spec", type=Path, default=None,
@@ -459,6 +480,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(1)
+    if args.out is None:
+        args.out = default_out()
     if args.check:
         with tempfile.TemporaryDirectory() as tmp:
             new = Path(tmp) / "fixtures"

@@ -119,11 +119,18 @@ def test_factory_dispatches_lerobot_checkpoints_to_the_lerobot_loader(tmp_path, 
     (tmp_path / "config.json").write_text(json.dumps({"type": "smolvla"}))
     calls = []
     fake = types.ModuleType("hlrp_ros.policies.lerobot_smolvla")
-    fake.load_lerobot_smolvla = lambda path, device, dtype, tokenizer_dir=None: calls.append(
-        (path, device, dtype, tokenizer_dir)) or "lerobot-policy"
+    fake.load_lerobot_smolvla = lambda path, device, dtype, tokenizer_dir=None, vision_position_ids="auto": calls.append(
+        (path, device, dtype, tokenizer_dir, vision_position_ids)) or "lerobot-policy"
     monkeypatch.setitem(sys.modules, "hlrp_ros.policies.lerobot_smolvla", fake)
     assert load_policy(tmp_path, device="cpu", dtype="bfloat16") == "lerobot-policy"
-    assert calls == [(tmp_path, "cpu", "bfloat16", None)]
+    assert load_policy(tmp_path, vision_position_ids="transformers4") == "lerobot-policy"
+    assert calls == [(tmp_path, "cpu", "bfloat16", None, "auto"), (tmp_path, "cpu", "float32", None, "transformers4")]
+
+
+def test_vision_position_ids_apply_to_lerobot_smolvla_checkpoints_only(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"type": "hlrp"}))
+    with pytest.raises(ValueError, match="applies to LeRobot SmolVLA checkpoints only"):
+        load_policy(tmp_path, vision_position_ids="transformers5")
 
 
 def test_factory_rejects_unknown_or_missing_configs(tmp_path):

@@ -39,6 +39,7 @@ def load_policy(
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype = "float32",
     tokenizer_dir: str | Path | None = None,
+    vision_position_ids: str = "auto",
 ) -> ActionExpert:
     """Loads a policy checkpoint, detecting its format.
 
@@ -47,6 +48,8 @@ def load_policy(
         device: "cpu", "cuda", "cuda:0", ...
         dtype: "float32" or "bfloat16" (or a torch dtype).
         tokenizer_dir: Tokenizer directory overriding the checkpoint's own (LeRobot checkpoints carry none).
+        vision_position_ids: LeRobot SmolVLA checkpoints only: "auto" (the rule of the LeRobot generation
+            that wrote it), "transformers4" or "transformers5" (see ``lerobot_smolvla``).
 
     Returns:
         The policy, in eval mode, implementing :class:`ActionExpert`.
@@ -56,7 +59,11 @@ def load_policy(
     if kind == "smolvla":
         from hlrp_ros.policies.lerobot_smolvla import load_lerobot_smolvla
 
-        return load_lerobot_smolvla(path, device, dtype, tokenizer_dir=tokenizer_dir)
+        return load_lerobot_smolvla(path, device, dtype, tokenizer_dir=tokenizer_dir,
+                                    vision_position_ids=vision_position_ids)
+    if vision_position_ids != "auto":
+        raise ValueError(f"vision_position_ids={vision_position_ids!r} applies to LeRobot SmolVLA checkpoints only; "
+                         f"{path} is a {kind!r} checkpoint (its own config decides)")
     if kind in ("pi0", "pi05"):
         from hlrp_ros.policies.lerobot_pi0 import load_lerobot_pi0
 

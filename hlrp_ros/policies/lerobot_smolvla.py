@@ -1,6 +1,6 @@
 """Serve a LeRobot SmolVLA checkpoint with the HLRP model (issue 6).
 
-A LeRobot 0.4.x SmolVLA checkpoint directory holds::
+A LeRobot SmolVLA checkpoint directory (0.4.x to 0.6.x) holds::
 
     config.json                      {"type": "smolvla", input/output features, sizes, ...}
     model.safetensors                weights, keys "model.<module>" (same module names as HLRP's VLAFlowMatching)
@@ -26,9 +26,18 @@ It does not contain the VLM's architecture nor its tokenizer: LeRobot reads both
   un-normalised with the postprocessor's mode and statistics.
 
 Normalisation modes: IDENTITY, MEAN_STD, MIN_MAX, and QUANTILES / QUANTILE10 (the same formula as MIN_MAX
-with q01/q99 resp. q10/q90 as the bounds). Anything this path cannot reproduce (unknown config keys or
-processor steps, unknown or missing weights, aloha adaptations, multi-step observations, non-identity image
-normalisation, ...) raises :class:`LeRobotCheckpointError` naming it.
+with q01/q99 resp. q10/q90 as the bounds). Anything this path cannot reproduce (unknown processor steps,
+unknown or missing weights, aloha adaptations, multi-step observations, non-identity image normalisation,
+...) raises :class:`LeRobotCheckpointError` naming it. Config keys this loader does not know (a newer
+LeRobot's) are logged as a warning naming them: the settings that change SmolVLA's computation are all known.
+
+Vision position ids follow the LeRobot generation that wrote the checkpoint (``vision_position_ids``):
+LeRobot 0.4.x runs transformers 4, whose SmolVLM buckets patch coordinates as ``i / n * (1 - 1e-6)``
+(patches 0 and 1 of an axis share a position embedding); LeRobot 0.5 and later run transformers 5, which
+buckets ``i / n`` (ids ``0..n-1``). ``"auto"`` reads the generation from ``config.json``: LeRobot 0.6 added
+``pretrained_revision`` to every policy config, so its presence means transformers 5; without it the
+checkpoint is taken as 0.4.x. LeRobot 0.5.x writes the same keys as 0.4.x while running transformers 5:
+pass ``"transformers5"`` for its checkpoints.
 """
 
 from __future__ import annotations
@@ -63,7 +72,7 @@ IGNORED_CONFIG_KEYS = frozenset({
     "type", "device", "use_amp", "use_peft", "push_to_hub", "repo_id", "private", "tags", "license",
     "pretrained_path", "optimizer_lr", "optimizer_betas", "optimizer_eps", "optimizer_weight_decay",
     "optimizer_grad_clip_norm", "scheduler_warmup_steps", "scheduler_decay_steps", "scheduler_decay_lr",
-    "vlm_model_name", "load_vlm_weights", "compile_model", "compile_mode", "use_cache",
+    "vlm_model_name", "load_vlm_weights", "compile_model", "compile_mode", "use_cache", "pretrained_revision",
 })
 #: config.json fields the conversion reads (or checks for a supported value).
 USED_CONFIG_KEYS = frozenset({
@@ -85,6 +94,10 @@ NORM_MODES: dict[str, tuple[str, str | None, str | None]] = {
 PRE_STEPS = ("rename_observations_processor", "to_batch_processor", "smolvla_new_line_processor",
              "tokenizer_processor", "device_processor", "normalizer_processor")
 POST_STEPS = ("unnormalizer_processor", "device_processor")
+#: ``vision_position_ids`` choices: detect from the checkpoint, or the transformers generation's rule.
+VISION_POSITION_RULES = ("auto", "transformers4", "transformers5")
+#: config.json keys first written by LeRobot 0.6 (whose SmolVLA runs transformers 5).
+LEROBOT_06_KEYS = frozenset({"pretrained_revision"})
 
 
 class LeRobotCheckpointError(CheckpointError):
@@ -220,7 +233,7 @@ def read_lerobot_checkpoint(path: str | Path) -> LeRobotSmolVLA:
         raise _fail(cfg_path, f'"type" is {cfg.get("type")!r}, expected {LEROBOT_TYPE!r}')
     unknown = sorted(set(cfg) - IGNORED_CONFIG_KEYS - USED_CONFIG_KEYS)
     if unknown:
-        raise _fail(cfg_path, f"unknown config key(s) {unknown}")
+        logger.warning("%s: config key(s) %s are unknown to this loader (a newer LeRobot?); ignored", cfg_path, unknown)
     checks = {
         "n_obs_steps": (cfg.get("n_obs_steps", 1) == 1, "only n_obs_steps=1 is supported"),
         "adapt_to_pi_aloha": (not cfg.get("adapt_to_pi_aloha", False), "aloha adaptation is not supported"),
@@ -333,8 +346,23 @@ def read_vlm_config(tok_dir: Path) -> dict[str, Any]:
     return cfg.to_dict()
 
 
-def to_hlrp_config(parsed: LeRobotSmolVLA, vlm_config: dict[str, Any], tokenizer: Any) -> HLRPConfig:
-    """Builds the equivalent :class:`HLRPConfig`."""
+def legacy_vision_positions(parsed: LeRobotSmolVLA, rule: str = "auto") -> bool:
+    """Whether the checkpoint's vision position ids follow transformers 4 (see the module docstring).
+
+    Args:
+        parsed: The parsed checkpoint.
+        rule: One of :data:`VISION_POSITION_RULES`.
+    """
+    if rule not in VISION_POSITION_RULES:
+        raise ValueError(f"vision_position_ids must be one of {VISION_POSITION_RULES}, got {rule!r}")
+    if rule != "auto":
+        return rule == "transformers4"
+    return not (LEROBOT_06_KEYS & set(parsed.config))
+
+
+def to_hlrp_config(parsed: LeRobotSmolVLA, vlm_config: dict[str, Any], tokenizer: Any,
+                   vision_position_ids: str = "auto") -> HLRPConfig:
+    """Builds the equivalent :class:`HLRPConfig` (``vision_position_ids``: see :func:`legacy_vision_positions`)."""
     cfg = parsed.config
     resize = cfg.get("resize_imgs_with_padding")
     if resize is None:
@@ -378,6 +406,7 @@ def to_hlrp_config(parsed: LeRobotSmolVLA, vlm_config: dict[str, Any], tokenizer
         global_image_token_id=int(global_id if global_id is not None else 0),
         prefix_length=int(cfg.get("prefix_length", -1)),
         rope_max_wavelength=10_000.0,
+        legacy_vision_position_ids=legacy_vision_positions(parsed, vision_position_ids),
         num_expert_layers=int(cfg.get("num_expert_layers", -1)),
         self_attn_every_n_layers=int(cfg.get("self_attn_every_n_layers", 2)),
         expert_width_multiplier=float(cfg.get("expert_width_multiplier", 0.75)),
@@ -424,8 +453,9 @@ def load_lerobot_smolvla(
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype = "float32",
     tokenizer_dir: str | Path | None = None,
+    vision_position_ids: str = "auto",
 ) -> HLRPPolicy:
-    """Builds an :class:`HLRPPolicy` from a LeRobot 0.4.x SmolVLA checkpoint directory.
+    """Builds an :class:`HLRPPolicy` from a LeRobot 0.4.x-0.6.x SmolVLA checkpoint directory.
 
     Args:
         path: The LeRobot checkpoint directory (config.json, model.safetensors, processor files).
@@ -433,6 +463,8 @@ def load_lerobot_smolvla(
         dtype: "float32" or "bfloat16".
         tokenizer_dir: Local directory with the VLM's config.json and tokenizer files; None -> the
             checkpoint's ``vlm_model_name`` if that is an existing local directory.
+        vision_position_ids: "auto" (from the LeRobot generation that wrote the checkpoint),
+            "transformers4" (LeRobot 0.4.x) or "transformers5" (LeRobot 0.5 and later); see the module docstring.
 
     Returns:
         The policy in eval mode; ``predict_action_chunk`` returns LeRobot's un-normalised actions
@@ -443,7 +475,7 @@ def load_lerobot_smolvla(
     parsed = read_lerobot_checkpoint(path)
     tok_dir = resolve_tokenizer_dir(path, parsed, tokenizer_dir)
     tokenizer = load_tokenizer(tok_dir)
-    config = to_hlrp_config(parsed, read_vlm_config(tok_dir), tokenizer)
+    config = to_hlrp_config(parsed, read_vlm_config(tok_dir), tokenizer, vision_position_ids)
     if not (path / WEIGHTS_FILE).is_file():
         raise FileNotFoundError(f"LeRobot checkpoint file {path / WEIGHTS_FILE} not found")
     weights = read_safetensors(path / WEIGHTS_FILE)
@@ -455,6 +487,7 @@ def load_lerobot_smolvla(
     policy.load_state_dict(state, strict=False)
     policy.set_normalization_stats(state=parsed.state_norm.stats or None, action=parsed.action_norm.stats or None)
     policy.to_device_dtype(device, dtype)
-    logger.info("loaded LeRobot SmolVLA checkpoint %s (cameras %s, state %d, action %d, tokenizer %s)",
-                path, config.camera_names, config.state_dim, config.action_dim, tok_dir)
+    logger.info("loaded LeRobot SmolVLA checkpoint %s (cameras %s, state %d, action %d, tokenizer %s, "
+                "vision position ids of transformers %d)", path, config.camera_names, config.state_dim,
+                config.action_dim, tok_dir, 4 if config.legacy_vision_position_ids else 5)
     return policy.eval()

@@ -426,7 +426,11 @@ class SmolVLMWithExpertModel(nn.Module):
         return ids
 
     def embed_image(self, image: Tensor) -> Tensor:
-        """``(B, 3, H, W)`` in [-1, 1] -> ``(B, N_img, text_hidden)`` image tokens (vision tower + connector).
+        """``(B, 3, H, W)`` in [-1, 1] -> ``(B, N_img, text_hidden)`` image tokens (vision tower + connector)."""
+        return self.connect(self.encode_vision(image))
+
+    def encode_vision(self, image: Tensor) -> Tensor:
+        """``(B, 3, H, W)`` in [-1, 1] -> ``(B, N_patches, vision_hidden)`` after the tower's final LayerNorm.
 
         Runs the SigLIP-style tower module by module (patch conv, position embeddings, encoder, final
         LayerNorm) so that the position ids follow :meth:`vision_position_ids`.
@@ -439,9 +443,12 @@ class SmolVLMWithExpertModel(nn.Module):
         hidden = patches.flatten(2).transpose(1, 2) + emb.position_embedding(pos_ids)[None]
         for layer in vision.encoder.layers:  # SmolVLMEncoderLayer, computed as transformers does
             hidden = self._vision_layer(layer, hidden)
-        hidden = vision.post_layernorm(hidden)
+        return vision.post_layernorm(hidden)
+
+    def connect(self, vision_hidden: Tensor) -> Tensor:
+        """The connector: pixel shuffle + modality projection, ``(B, N_patches, vision_hidden)`` -> image tokens."""
         connector = self.get_vlm_model().connector
-        shuffled = connector.pixel_shuffle(hidden, connector.scale_factor)
+        shuffled = connector.pixel_shuffle(vision_hidden, connector.scale_factor)
         return self.linear(connector.modality_projection.proj, shuffled)
 
     def _vision_layer(self, layer: nn.Module, hidden: Tensor) -> Tensor:
