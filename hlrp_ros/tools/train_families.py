@@ -29,8 +29,8 @@ def build_family_policy(family: str, chunk_size: int, n_action_steps: int, image
                         joint_names: list[str], camera: str, n_obs_steps: int = 1, language: bool = True):
     """A small model of ``family`` for training from scratch on CPU (demo-world sizes).
 
-    * ``pi0`` / ``pi05``: the ``pi0-tiny`` / ``pi05-tiny`` presets (their 32x32 vision tower; frames are
-      resized by the processor), chunk and joints as given.
+    * ``pi0`` / ``pi05``: the ``pi0-tiny`` / ``pi05-tiny`` presets with the vision tower at the frames' size
+      (8x8 patches, like the HLRP demo model), chunk and joints as given; PI0.5 with 64 prompt tokens.
     * ``diffusion``: the native diffusion policy with a ResNet-18 trunk (group norm), a (64, 128, 256)
       UNet, DDIM with 10 inference steps over 100 training steps, and (``language``) the instruction encoder.
     """
@@ -38,8 +38,15 @@ def build_family_policy(family: str, chunk_size: int, n_action_steps: int, image
     if family in ("pi0", "pi05"):
         from hlrp_ros.policies.pi0 import PI0Policy, make_config
 
-        return PI0Policy(make_config(f"{family}-tiny", state_dim=dims, action_dim=dims, joint_names=joint_names,
-                                     camera_names=[camera], chunk_size=chunk_size, n_action_steps=n_action_steps))
+        # PI0.5 spells the state in its prompt ("State: 140 30 225;"): 64 tokens keep the instruction and
+        # the state whole with the tiny byte-level tokenizer (32 cut them)
+        extra = {"tokenizer_max_length": 64} if family == "pi05" else {}
+        preset = f"{family}-tiny"
+        # the vision tower sees the frames at their size (8x8 patches), as the HLRP demo model does
+        vision = {**make_config(preset).vision, "image_size": image_size}
+        return PI0Policy(make_config(preset, state_dim=dims, action_dim=dims, joint_names=joint_names,
+                                     camera_names=[camera], chunk_size=chunk_size, n_action_steps=n_action_steps,
+                                     image_size=(image_size, image_size), vision=vision, **extra))
     if family == "diffusion":
         from hlrp_ros.policies.diffusion import DiffusionConfig, DiffusionPolicy
         from hlrp_ros.policies.hlrp.processor_hlrp import build_tiny_tokenizer
