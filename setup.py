@@ -22,7 +22,7 @@ setup(
         "transformers>=5.0,<6",
         "safetensors>=0.4",
         "tokenizers>=0.20",
-        "diffusers>=0.42",
+        "diffusers>=0.41",
         "numpy>=1.24",
         "opencv-python-headless>=4.8",
         "pyyaml>=6",
