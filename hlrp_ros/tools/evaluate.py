@@ -75,7 +75,7 @@ def run_ros(args: argparse.Namespace, checkpoint: Path, conditions: list[str]) -
 
     env = isolated_ros_env()
     log_dir = Path(tempfile.mkdtemp(prefix="hlrp_eval_"))
-    procs = bring_up(checkpoint, env, log_dir)
+    procs = bring_up(checkpoint, env, log_dir, policy_params={"dtype": args.dtype})
     import os
 
     old = {k: os.environ.get(k) for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")}
@@ -128,7 +128,7 @@ def run_inprocess(args: argparse.Namespace, checkpoint: Path, conditions: list[s
     from hlrp_ros.sim.world import World
 
     torch.set_num_threads(1)
-    policy = load_policy(checkpoint)
+    policy = load_policy(checkpoint, dtype=args.dtype)
     gen = torch.Generator().manual_seed(args.seed)
     world = World()
     camera = Camera(world.spec, *policy.config.image_size[::-1])
@@ -156,6 +156,8 @@ def run_inprocess(args: argparse.Namespace, checkpoint: Path, conditions: list[s
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, default=None, help="default: the shipped demo checkpoint")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                        help="model dtype (policy_node's dtype parameter): what reduced precision costs in success")
     parser.add_argument("--blind-checkpoint", type=Path, default=None, help="language-blind model (for 'blind')")
     parser.add_argument("--conditions", default="train,heldout,wrong,switch",
                         help=f"comma-separated subset of {','.join(CONDITIONS)}")
@@ -190,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("the 'blind' condition needs --blind-checkpoint")
         results.update(runner(args, args.blind_checkpoint, ["blind"]))
     summary = [summarise(c, results[c]) for c in conditions]
-    print(f"checkpoint: {args.checkpoint}  backend: {args.backend}  episodes/condition: {args.episodes}")
+    print(f"checkpoint: {args.checkpoint} ({args.dtype})  backend: {args.backend}  episodes/condition: {args.episodes}")
     for s in summary:
         extra = f"  ends on task target {s['ends_on_task_target']:.0%}" if "ends_on_task_target" in s else ""
         print(f"  {s['condition']:8s} success {s['success']:6.1%}  ends on target {s['ends_on_target']:6.1%}  "
