@@ -14,7 +14,10 @@ expert cache (ours only: LeRobot recomputes it inside every step) and each denoi
 the rest (pre-processing, embeddings, post-processing). Before and after the requests each worker
 measures its own fp32 matmul ceiling (2048^3, best of 3, with its torch and thread count), and the load
 average is printed before and after. ``--profile`` adds one chunk per worker under ``torch.profiler``
-(top kernels by self CPU time). ``--threads 2 1`` runs both settings on one checkpoint.
+(top kernels by self CPU time). ``--threads 2 1`` runs both settings on one checkpoint. Repeating
+``--lerobot-python`` runs several LeRobot versions in the same interleaved rounds; the oldest builds the
+checkpoint (e.g. 0.4.4 with transformers 4), and a newer LeRobot then runs it with its own transformers'
+vision position ids, so its action difference to ours is large by design (0.26 on the tiny size).
 
 Usage (repository root, project venv; needs the LeRobot venv for the other worker)::
 
@@ -308,6 +311,13 @@ def _summary(label: str, replies: list[dict]) -> str:
     return "\n".join(parts + ["      ms: " + ", ".join(phase_ms) + f"; CPUs busy {cpus:.2f}, context switches {switches:.0f}"])
 
 
+def lerobot_version(python: str) -> tuple[int, ...]:
+    """The version of the LeRobot installed for ``python``."""
+    out = subprocess.run([python, "-c", "import lerobot; print(lerobot.__version__)"], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    return tuple(int(part) for part in out.split(".")[:3] if part.isdigit())
+
+
 def run_setting(args, ckpt: Path, root: Path, cameras: dict, cfg: dict, threads: int) -> None:
     """One side-by-side run at ``threads`` threads per worker; prints its block."""
     print(f"--- {threads} thread(s) per worker, OMP_WAIT_POLICY={args.omp_wait_policy or '(default)'}; {_load()}")
@@ -363,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lerobot-python", action="append", default=None,
                         help=f"python of a LeRobot venv (repeat for several versions; default {DEFAULT_LEROBOT_PYTHON}); "
-                             "the first one builds the checkpoint")
+                             "the oldest LeRobot builds the checkpoint")
     parser.add_argument("--requests", type=int, default=8, help="timed requests per worker (after 2 warm-ups)")
     parser.add_argument("--threads", type=int, nargs="+", default=[1], help="torch threads per worker (each setting in turn)")
     parser.add_argument("--size", choices=list(SIZES), default="small")
@@ -377,7 +387,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         worker(args.worker, args.ckpt, args.threads[0], args.dtype)
         return 0
-    args.lerobot_python = args.lerobot_python or [DEFAULT_LEROBOT_PYTHON]
+    # The oldest LeRobot builds the checkpoint: newer ones read older files (LeRobot 0.4's transformers 4
+    # cannot read the tokenizer files transformers 5 writes). Our loader then follows that generation's vision
+    # position ids, so a newer LeRobot's actions differ from ours (and from the builder's) by design.
+    args.lerobot_python = sorted(args.lerobot_python or [DEFAULT_LEROBOT_PYTHON], key=lerobot_version)
 
     from safetensors.torch import load_file
 
