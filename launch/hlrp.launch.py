@@ -7,9 +7,10 @@
 Parameter files are applied in order: ``params_file`` (default config/hlrp.yaml), then
 config/demo.yaml when ``use_sim`` is true and ``params_file`` is the default (a parameter file of
 your own is never overridden by the demo's; the demo world then runs with your settings, said in
-the launch log), then the ``checkpoint``/``device`` arguments. Several cameras: list them in your
-parameter file (``camera_topics`` and ``camera_names`` of policy_node); ``camera_topic`` only
-remaps the default single camera topic /camera/image_raw.
+the launch log), then the ``checkpoint``/``device`` arguments, then ``cameras``. Several cameras:
+``cameras:=/front/image_raw=top,/wrist/image_raw/compressed=wrist`` (topic=model camera name, comma
+separated; sets policy_node's ``camera_topics`` and ``camera_names``), or list them in your parameter
+file; ``camera_topic`` only remaps the default single camera topic /camera/image_raw.
 The remapping arguments rename the nodes' topics /camera/image_raw, /joint_states and
 /joint_command (e.g. to a simulator's names). ``fastdds_profile`` (default: the shipped
 config/fastdds_shm.xml, a 32 MiB shared-memory segment so that camera frames arrive whole) is
@@ -21,10 +22,12 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, GroupAction, LogInfo, SetEnvironmentVariable
+from launch.actions import DeclareLaunchArgument, GroupAction, LogInfo, OpaqueFunction, SetEnvironmentVariable
 from launch.conditions import IfCondition, UnlessCondition
 from launch.substitutions import LaunchConfiguration, PythonExpression
 from launch_ros.actions import Node, PushRosNamespace
+
+from hlrp_ros.launch_args import camera_parameters
 
 PACKAGE = "hlrp_ros"
 #: Executables started by this file (the same ones `make demo` and the evaluation start).
@@ -32,12 +35,18 @@ EXECUTABLES = ("policy_node", "controller_node", "demo_sim")
 
 
 def _nodes(param_files: list, with_sim: bool) -> list:
+    """The nodes, built when the launch runs: the ``cameras`` argument is parsed then (an error names it)."""
+    return [OpaqueFunction(function=lambda context: _node_actions(context, param_files, with_sim))]
+
+
+def _node_actions(context, param_files: list, with_sim: bool) -> list:
     remappings = [
         ("/camera/image_raw", LaunchConfiguration("camera_topic")),
         ("/joint_states", LaunchConfiguration("joint_states_topic")),
         ("/joint_command", LaunchConfiguration("command_topic")),
     ]
-    policy_overrides = {"checkpoint": LaunchConfiguration("checkpoint"), "device": LaunchConfiguration("device")}
+    policy_overrides = {"checkpoint": LaunchConfiguration("checkpoint"), "device": LaunchConfiguration("device"),
+                        **camera_parameters(LaunchConfiguration("cameras").perform(context))}
     nodes = [
         PushRosNamespace(LaunchConfiguration("namespace")),
         Node(package=PACKAGE, executable="policy_node", name="policy_node", output="screen",
@@ -73,6 +82,10 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("namespace", default_value="", description="Namespace of all nodes"),
         DeclareLaunchArgument("camera_topic", default_value="/camera/image_raw",
                               description="Camera image topic (remaps /camera/image_raw)"),
+        DeclareLaunchArgument("cameras", default_value="",
+                              description="Cameras as topic=model_name pairs, comma separated, e.g. "
+                                          "/front/image_raw=top,/wrist/image_raw/compressed=wrist (empty: the "
+                                          "parameter files' camera_topics and camera_names)"),
         DeclareLaunchArgument("joint_states_topic", default_value="/joint_states",
                               description="Joint state topic (remaps /joint_states)"),
         DeclareLaunchArgument("command_topic", default_value="/joint_command",

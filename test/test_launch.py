@@ -19,7 +19,7 @@ from hlrp_ros.graph import EXECUTABLES
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch" / "hlrp.launch.py"
-ARGUMENTS = {"params_file", "checkpoint", "device", "use_sim", "namespace", "camera_topic",
+ARGUMENTS = {"params_file", "checkpoint", "device", "use_sim", "namespace", "camera_topic", "cameras",
              "joint_states_topic", "command_topic", "fastdds_profile"}
 
 
@@ -120,3 +120,15 @@ def test_launch_description_builds():  # pragma: no cover - runs on a ROS distro
     assert isinstance(description, LaunchDescription)
     names = {e.name for e in description.entities if isinstance(e, DeclareLaunchArgument)}
     assert names == ARGUMENTS
+
+
+def test_the_cameras_argument_maps_topics_to_model_camera_names():
+    from hlrp_ros.launch_args import camera_parameters
+
+    assert camera_parameters("") == {} and camera_parameters("  ") == {}
+    assert camera_parameters("/front/image_raw=top, /wrist/image_raw/compressed=wrist") == {
+        "camera_topics": ["/front/image_raw", "/wrist/image_raw/compressed"], "camera_names": ["top", "wrist"]}
+    for bad, message in (("/front/image_raw", "is not topic=name"), ("=top", "is not topic=name"),
+                         ("/a=top,/b=top", "camera name 'top' given twice"), ("/a=x,/a=y", "topic '/a' given twice")):
+        with pytest.raises(ValueError, match=message):
+            camera_parameters(bad)
