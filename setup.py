@@ -28,5 +28,5 @@ setup(
         "pyyaml>=6",
         "tqdm>=4.60",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={"test": ["pytest>=7"], "metaworld": ["metaworld==3.1.1", "packaging"]},
 )

@@ -42,17 +42,24 @@ def default_checkpoint() -> Path:
                             f"or {SOURCE_ROOT / CHECKPOINT_SUBDIR}")
 
 
+#: World name -> (simulator executable, parameter file layered over config/hlrp.yaml).
+WORLDS = {"demo": ("demo_sim", "demo.yaml"), "metaworld": ("metaworld_sim", "metaworld.yaml")}
+
+
 def bring_up(checkpoint: Path, env: dict[str, str], log_dir: Path, policy_params: dict | None = None,
-             sim_params: dict | None = None) -> list[NodeProcess]:
-    """Start demo_sim, policy_node and controller_node (same executables/parameter files as the launch file)."""
-    files = [config_file("hlrp.yaml"), config_file("demo.yaml")]
+             sim_params: dict | None = None, world: str = "demo", controller_params: dict | None = None) -> list[NodeProcess]:
+    """Start the world's simulator, policy_node and controller_node (same executables/parameter files as the
+    launch file)."""
+    simulator, world_file = WORLDS[world]
+    files = [config_file("hlrp.yaml"), config_file(world_file)]
     log_dir.mkdir(parents=True, exist_ok=True)
     procs = [
-        NodeProcess("demo_sim", params_files=files, params=dict(sim_params or {}), env=env, log_dir=log_dir),
+        NodeProcess(simulator, params_files=files, params=dict(sim_params or {}), env=env, log_dir=log_dir),
         NodeProcess("policy_node", params_files=files,
                     params={"checkpoint": str(Path(checkpoint).resolve()), **(policy_params or {})},
                     env=env, log_dir=log_dir),
-        NodeProcess("controller_node", params_files=files, env=env, log_dir=log_dir),
+        NodeProcess("controller_node", params_files=files, params=dict(controller_params or {}), env=env,
+                    log_dir=log_dir),
     ]
     for proc in procs:
         proc.start()
