@@ -32,14 +32,18 @@ def config_file(name: str) -> Path:
     raise FileNotFoundError(f"config/{name} not found under {package_share()} or {SOURCE_ROOT}")
 
 
-def default_checkpoint() -> Path:
-    """The shipped demo checkpoint: ``share/hlrp_ros/models/demo_arm``, else ``<source>/models/demo_arm``."""
+#: The shipped checkpoint of each world, relative to the share directory / the source tree.
+WORLD_CHECKPOINTS = {"demo": CHECKPOINT_SUBDIR, "metaworld": Path("models") / "metaworld_mt10"}
+
+
+def default_checkpoint(world: str = "demo") -> Path:
+    """The world's shipped checkpoint (demo: ``share/hlrp_ros/models/demo_arm``, else ``<source>/models/demo_arm``)."""
+    subdir = WORLD_CHECKPOINTS[world]
     for root in (package_share(), SOURCE_ROOT):
-        path = Path(root) / CHECKPOINT_SUBDIR
+        path = Path(root) / subdir
         if (path / "config.json").is_file():
             return path
-    raise FileNotFoundError(f"no demo checkpoint at {package_share() / CHECKPOINT_SUBDIR} "
-                            f"or {SOURCE_ROOT / CHECKPOINT_SUBDIR}")
+    raise FileNotFoundError(f"no {world} checkpoint at {package_share() / subdir} or {SOURCE_ROOT / subdir}")
 
 
 #: World name -> (simulator executable, parameter file layered over config/hlrp.yaml).
