@@ -155,6 +155,13 @@ def run_inprocess(args: argparse.Namespace, checkpoint: Path, conditions: list[s
     return results
 
 
+def write_json(args: argparse.Namespace, summary: list[dict], results: dict) -> None:
+    """``--json``: the arguments, the summary and every episode."""
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "summary": summary,
+                                     "episodes": results}, indent=1, default=str))
+
+
 def evaluate_metaworld(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """``--world metaworld``: MT10 over ROS 2 (hlrp_ros.tools.metaworld_eval)."""
     from hlrp_ros.sim.metaworld_env import MT10_TASKS
@@ -176,9 +183,7 @@ def evaluate_metaworld(args: argparse.Namespace, parser: argparse.ArgumentParser
     print(f"checkpoint: {args.checkpoint}  world: metaworld ({args.time_mode})  episodes per task: {args.episodes}")
     metaworld_eval.print_table(summary)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "summary": summary,
-                                         "episodes": results}, indent=1, default=str))
+        write_json(args, summary, results)
     if args.min_success is not None and any(s["average_success"] < args.min_success for s in summary
                                             if s["condition"] != "wrong"):
         return 1
@@ -238,9 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {s['condition']:8s} success {s['success']:6.1%}  ends on target {s['ends_on_target']:6.1%}  "
               f"reached {s['reached']:6.1%}{extra}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "summary": summary,
-                                         "episodes": results}, indent=1, default=str))
+        write_json(args, summary, results)
     if args.min_success is not None and any(s["success"] < args.min_success for s in summary
                                             if s["condition"] != "blind"):
         return 1
