@@ -32,5 +32,7 @@ setup(
         "test": ["pytest>=7"],
         # LeRobot v3.0 datasets (parquet, per-camera video) and the rosbag2 importer
         "datasets": ["pyarrow>=14", "av>=12", "rosbags>=0.10"],
+        # the Meta-World MT10 world (gymnasium needs packaging and does not declare it)
+        "metaworld": ["metaworld==3.1.1", "packaging"],
     },
 )

@@ -29,6 +29,7 @@ EXECUTABLES = {
     "policy_node": "hlrp_ros.nodes.policy_node",
     "controller_node": "hlrp_ros.nodes.controller_node",
     "demo_sim": "hlrp_ros.nodes.demo_sim",
+    "metaworld_sim": "hlrp_ros.nodes.metaworld_sim",
     "recorder_node": "hlrp_ros.nodes.recorder_node",
 }
 

@@ -34,23 +34,33 @@ def config_file(name: str) -> Path:
     raise FileNotFoundError(f"config/{name} not found under {package_share()} or {SOURCE_ROOT}")
 
 
-def default_checkpoint() -> Path:
-    """The shipped demo checkpoint: ``share/hlrp_ros/models/demo_arm``, else ``<source>/models/demo_arm``."""
+#: The shipped checkpoint of each world, relative to the share directory / the source tree.
+WORLD_CHECKPOINTS = {"demo": CHECKPOINT_SUBDIR, "metaworld": Path("models") / "metaworld_mt10"}
+
+
+def default_checkpoint(world: str = "demo") -> Path:
+    """The world's shipped checkpoint (demo: ``share/hlrp_ros/models/demo_arm``, else ``<source>/models/demo_arm``)."""
+    subdir = WORLD_CHECKPOINTS[world]
     for root in (package_share(), SOURCE_ROOT):
-        path = Path(root) / CHECKPOINT_SUBDIR
+        path = Path(root) / subdir
         if (path / "config.json").is_file():
             return path
-    raise FileNotFoundError(f"no demo checkpoint at {package_share() / CHECKPOINT_SUBDIR} "
-                            f"or {SOURCE_ROOT / CHECKPOINT_SUBDIR}")
+    raise FileNotFoundError(f"no {world} checkpoint at {package_share() / subdir} or {SOURCE_ROOT / subdir}")
+
+
+#: World name -> (simulator executable, parameter file layered over config/hlrp.yaml).
+WORLDS = {"demo": ("demo_sim", "demo.yaml"), "metaworld": ("metaworld_sim", "metaworld.yaml")}
 
 
 def bring_up(checkpoint: Path, env: dict[str, str], log_dir: Path, policy_params: dict | None = None,
-             sim_params: dict | None = None, controller_params: dict | None = None) -> list[NodeProcess]:
-    """Start demo_sim, policy_node and controller_node (same executables/parameter files as the launch file)."""
-    files = [config_file("hlrp.yaml"), config_file("demo.yaml")]
+             sim_params: dict | None = None, world: str = "demo", controller_params: dict | None = None) -> list[NodeProcess]:
+    """Start the world's simulator, policy_node and controller_node (same executables/parameter files as the
+    launch file)."""
+    simulator, world_file = WORLDS[world]
+    files = [config_file("hlrp.yaml"), config_file(world_file)]
     log_dir.mkdir(parents=True, exist_ok=True)
     procs = [
-        NodeProcess("demo_sim", params_files=files, params=dict(sim_params or {}), env=env, log_dir=log_dir),
+        NodeProcess(simulator, params_files=files, params=dict(sim_params or {}), env=env, log_dir=log_dir),
         NodeProcess("policy_node", params_files=files,
                     params={"checkpoint": str(Path(checkpoint).resolve()), **(policy_params or {})},
                     env=env, log_dir=log_dir),

@@ -3,6 +3,7 @@
     python -m hlrp_ros.tools.demo                     # ~60 s, then a summary and a PNG strip
     python -m hlrp_ros.tools.demo --keep-running      # until Ctrl-C
     python -m hlrp_ros.tools.demo --checkpoint DIR --duration 120 --out artifacts/demo
+    python -m hlrp_ros.tools.demo --world metaworld   # Meta-World MT10 tasks in lock-step (docs/metaworld.md)
 
 Brings up demo_sim, policy_node and controller_node as processes with the launch file's
 executables and parameter files (config/hlrp.yaml, then config/demo.yaml) on a private DDS
@@ -142,6 +143,52 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
+def run_metaworld(args: argparse.Namespace) -> int:
+    """A few MT10 tasks (one episode each, held-out seeds) with a live status line and a PNG strip."""
+    from hlrp_ros.sim.metaworld_env import MT10_TASKS, instruction_for
+    from hlrp_ros.tools.closed_loop import default_checkpoint, shut_down
+    from hlrp_ros.tools.metaworld_eval import FrameStrip, MetaWorldDriver, bring_up_metaworld, plan_episode
+
+    checkpoint = args.checkpoint or default_checkpoint("metaworld")
+    log_dir = Path(tempfile.mkdtemp(prefix="hlrp_demo_metaworld_"))
+    print(f"checkpoint {checkpoint}\nnode logs in {log_dir}", flush=True)
+    procs, restore = bring_up_metaworld(checkpoint, args.time_mode, log_dir)
+    strip = FrameStrip()
+    driver = MetaWorldDriver(strip)
+    results, start = [], time.monotonic()
+    try:
+        if not driver.wait_ready(instruction_for(MT10_TASKS[0]), args.ready_timeout):
+            for p in procs:
+                print(f"--- {p.node_name}\n{p.output()[-1500:]}", file=sys.stderr)
+            return 1
+        start = time.monotonic()
+        episode = 0
+        while args.keep_running or episode == 0 or time.monotonic() - start < args.duration:
+            task = MT10_TASKS[episode % len(MT10_TASKS)]
+            plan = plan_episode("train", task, episode // len(MT10_TASKS), args.seed)
+            episode += 1
+
+            def tick(st: dict, ep=episode) -> None:
+                print(f"\rep {ep:3d} | {st['task']:24s} | step {st['step']:3d} | "
+                      f"{'SUCCESS' if st['success'] else 'running' if st['running'] else 'waiting'} | "
+                      f"successes {sum(r['success'] for r in results)}/{len(results)}   ", end="", flush=True)
+
+            results.append(driver.run_episode(task, plan["seed"], plan["instruction"], 600.0, record=True,
+                                              on_tick=tick))
+            print(f"  {'ok' if results[-1]['success'] else 'failed'} ({plan['instruction']!r})", flush=True)
+    except KeyboardInterrupt:
+        print("\ninterrupted", flush=True)
+    finally:
+        driver.close()
+        restore()
+        codes = shut_down(procs)
+    print(f"\nsummary: {sum(r['success'] for r in results)}/{len(results)} episodes succeeded "
+          f"in {time.monotonic() - start:.0f} s (node exit codes {codes})")
+    if strip.frames:
+        print(f"camera frames: {strip.save(args.out / 'metaworld_strip.png')}")
+    return 1 if not results or (args.strict and not all(r["success"] for r in results)) else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, default=None, help="default: the shipped demo checkpoint")
@@ -153,7 +200,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=500)
     parser.add_argument("--out", type=Path, default=Path("artifacts/demo"), help="where the PNG strip goes")
     parser.add_argument("--strict", action="store_true", help="exit 1 when an episode failed")
+    parser.add_argument("--world", choices=("demo", "metaworld"), default="demo",
+                        help="demo: the planar arm; metaworld: Meta-World MT10 tasks one after the other")
+    parser.add_argument("--time-mode", choices=("lockstep", "realtime"), default="lockstep",
+                        help="metaworld: the simulator's time mode")
     args = parser.parse_args(argv)
+    if args.world == "metaworld":
+        return run_metaworld(args)
     assert all(c in COLOURS for _, c, _ in SCRIPT)
     return run(args)
 

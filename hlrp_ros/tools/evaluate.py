@@ -3,6 +3,8 @@
     python -m hlrp_ros.tools.evaluate --episodes 100                       # shipped checkpoint, all conditions
     python -m hlrp_ros.tools.evaluate --conditions blind --blind-checkpoint artifacts/demo_arm/blind/final
     python -m hlrp_ros.tools.evaluate --backend inprocess --episodes 20   # fast check without ROS
+    python -m hlrp_ros.tools.evaluate --world metaworld --episodes 20 --strip artifacts/eval/mt10.png
+                                      # Meta-World MT10 (hlrp_ros.tools.metaworld_eval, docs/metaworld.md)
 
 Conditions (each ``--episodes`` episodes, random layouts from ``--seed``):
   train    an instruction from the training templates for a random colour.
@@ -153,15 +155,58 @@ def run_inprocess(args: argparse.Namespace, checkpoint: Path, conditions: list[s
     return results
 
 
+def write_json(args: argparse.Namespace, summary: list[dict], results: dict) -> None:
+    """``--json``: the arguments, the summary and every episode."""
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "summary": summary,
+                                     "episodes": results}, indent=1, default=str))
+
+
+def evaluate_metaworld(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``--world metaworld``: MT10 over ROS 2 (hlrp_ros.tools.metaworld_eval)."""
+    from hlrp_ros.sim.metaworld_env import MT10_TASKS
+    from hlrp_ros.tools import metaworld_eval
+
+    conditions = [c.strip() for c in (args.conditions or ",".join(metaworld_eval.CONDITIONS)).split(",") if c.strip()]
+    tasks = [t.strip() for t in (args.tasks or ",".join(MT10_TASKS)).split(",") if t.strip()]
+    if sorted(set(conditions) - set(metaworld_eval.CONDITIONS)) or sorted(set(tasks) - set(MT10_TASKS)):
+        parser.error(f"metaworld conditions are {metaworld_eval.CONDITIONS} and tasks {MT10_TASKS}")
+    if args.checkpoint is None:
+        from hlrp_ros.tools.closed_loop import default_checkpoint
+
+        args.checkpoint = default_checkpoint("metaworld")
+    if args.backend != "ros":
+        parser.error("--world metaworld runs over ROS 2 only")
+    results = metaworld_eval.run(args.checkpoint, conditions, tasks, args.episodes, args.seed - 1000,
+                                 args.time_mode, args.strip, args.ready_timeout)
+    summary = [metaworld_eval.summarise(c, results[c]) for c in conditions]
+    print(f"checkpoint: {args.checkpoint}  world: metaworld ({args.time_mode})  episodes per task: {args.episodes}")
+    metaworld_eval.print_table(summary)
+    if args.json:
+        write_json(args, summary, results)
+    if args.min_success is not None and any(s["average_success"] < args.min_success for s in summary
+                                            if s["condition"] != "wrong"):
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, default=None, help="default: the shipped demo checkpoint")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                         help="model dtype (policy_node's dtype parameter): what reduced precision costs in success")
     parser.add_argument("--blind-checkpoint", type=Path, default=None, help="language-blind model (for 'blind')")
-    parser.add_argument("--conditions", default="train,heldout,wrong,switch",
-                        help=f"comma-separated subset of {','.join(CONDITIONS)}")
-    parser.add_argument("--episodes", type=int, default=100, help="episodes per condition")
+    parser.add_argument("--world", choices=("demo", "metaworld"), default="demo",
+                        help="demo: the planar arm; metaworld: Meta-World MT10 (docs/metaworld.md)")
+    parser.add_argument("--conditions", default=None,
+                        help=f"comma-separated subset of {','.join(CONDITIONS)} (default: train,heldout,wrong,switch); "
+                             "metaworld: of train,heldout,wrong (default: all three)")
+    parser.add_argument("--episodes", type=int, default=100, help="episodes per condition (metaworld: per task)")
+    parser.add_argument("--tasks", default=None, help="metaworld: comma-separated MT10 tasks (default: all ten)")
+    parser.add_argument("--time-mode", choices=("lockstep", "realtime"), default="lockstep",
+                        help="metaworld: the simulator's time mode")
+    parser.add_argument("--strip", type=Path, default=None,
+                        help="metaworld: write a PNG strip of camera frames (first episode of each task) here")
     parser.add_argument("--timeout", type=float, default=8.0, help="episode length limit (sim s)")
     parser.add_argument("--hold", type=float, default=2.0,
                         help="sim s to keep running after a success before judging 'ends on target'")
@@ -174,7 +219,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="exit 1 when a non-blind condition's success rate is below this")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    conditions = [c.strip() for c in args.conditions.split(",") if c.strip()]
+    if args.world == "metaworld":
+        return evaluate_metaworld(args, parser)
+    conditions = [c.strip() for c in (args.conditions or "train,heldout,wrong,switch").split(",") if c.strip()]
     unknown = sorted(set(conditions) - set(CONDITIONS))
     if unknown:
         parser.error(f"unknown conditions {unknown}")
@@ -198,9 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {s['condition']:8s} success {s['success']:6.1%}  ends on target {s['ends_on_target']:6.1%}  "
               f"reached {s['reached']:6.1%}{extra}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "summary": summary,
-                                         "episodes": results}, indent=1, default=str))
+        write_json(args, summary, results)
     if args.min_success is not None and any(s["success"] < args.min_success for s in summary
                                             if s["condition"] != "blind"):
         return 1

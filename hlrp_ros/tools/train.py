@@ -27,6 +27,7 @@ import argparse
 import json
 import logging
 import math
+import re
 import shlex
 import sys
 import time
@@ -38,7 +39,7 @@ from tqdm import tqdm
 
 from hlrp_ros.policies.hlrp.modeling_hlrp import HLRPPolicy
 from hlrp_ros.policies.hlrp.presets import make_config
-from hlrp_ros.policies.hlrp.processor_hlrp import resize_with_pad
+from hlrp_ros.policies.hlrp.processor_hlrp import build_tiny_tokenizer, resize_with_pad
 from hlrp_ros.sim.world import COLOURS, ArmSpec
 from hlrp_ros.tools.train_families import FAMILIES, ObservationBatcher, build_family_policy
 
@@ -49,16 +50,25 @@ BLIND_INSTRUCTION = "reach the target"
 
 
 def build_policy(chunk_size: int, n_action_steps: int, image_size: int,
-                 joint_names: list[str] | None = None) -> HLRPPolicy:
+                 joint_names: list[str] | None = None, words: list[str] | None = None) -> HLRPPolicy:
     """The demo model: the ``tiny`` preset sized for the 3-joint arm (or ``joint_names``), fixed 2D sin-cos
-    vision positions."""
+    vision positions; the tiny tokenizer's default vocabulary, or ``words``."""
     joint_names = list(joint_names) if joint_names else list(ArmSpec().joint_names)
     config = make_config(
         "tiny", state_dim=len(joint_names), action_dim=len(joint_names), joint_names=joint_names,
         image_size=(image_size, image_size), chunk_size=chunk_size, n_action_steps=n_action_steps,
         num_steps=10, vision_sincos_pos_embed=True, freeze_vision_pos_embed=True,
     )
-    return HLRPPolicy(config)
+    tokenizer = None
+    if words is not None:
+        tokenizer = build_tiny_tokenizer(words, vocab_size=int(config.vlm_config["text_config"]["vocab_size"]))
+    return HLRPPolicy(config, tokenizer=tokenizer)
+
+
+def instruction_words(instructions) -> list[str]:
+    """The words of ``instructions`` (as the tiny tokenizer splits them) and the punctuation it keeps."""
+    words = {w for text in instructions for w in re.findall(r"\w+|[^\w\s]", str(text).lower())}
+    return sorted(words | {".", ",", "\n"})
 
 
 class Batcher:
@@ -208,10 +218,12 @@ def train(args: argparse.Namespace) -> Path:
     horizon = data["actions"].shape[1]
     joint_names = [str(n) for n in data["joint_names"]] if "joint_names" in data else None
     if args.policy == "hlrp":
-        policy = build_policy(horizon, args.n_action_steps, data["images"].shape[1], joint_names)
+        words = instruction_words(data["instructions"]) if args.vocabulary == "dataset" else None
+        policy = build_policy(horizon, args.n_action_steps, data["images"].shape[1], joint_names, words)
     else:
-        if args.word_dropout or args.random_words:
-            raise SystemExit("--word-dropout / --random-words act on the HLRP tokenizer's ids: --policy hlrp only")
+        if args.word_dropout or args.random_words or args.vocabulary != "default":
+            raise SystemExit("--word-dropout / --random-words / --vocabulary act on the HLRP tokenizer: "
+                             "--policy hlrp only")
         policy = build_family_policy(args.policy, horizon, args.n_action_steps, data["images"].shape[1],
                                      joint_names or list(ArmSpec().joint_names), "top", args.n_obs_steps,
                                      language=not args.blind)
@@ -300,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--horizon", type=int, default=16, help="with --dataset: action chunk length")
     parser.add_argument("--camera", default=None, help="with --dataset: camera feature key (default: the first)")
     parser.add_argument("--image-size", type=int, default=64, help="with --dataset: square image size")
+    parser.add_argument("--vocabulary", choices=("default", "dataset"), default="default",
+                        help="tokenizer words: the tiny default (tabletop words) or exactly the training "
+                             "instructions' words (others become <unk>; pair with --word-dropout)")
     parser.add_argument("--out", type=Path, default=Path("artifacts/demo_arm/run"))
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--batch-size", type=int, default=64)

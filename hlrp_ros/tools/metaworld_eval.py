@@ -1,0 +1,247 @@
+"""Meta-World MT10 closed-loop evaluation over ROS 2 (metaworld_sim + policy_node + controller_node).
+
+Used by ``python -m hlrp_ros.tools.evaluate --world metaworld`` (see there for the options). Each
+condition runs ``episodes`` episodes of every task on held-out seeds (at or above the training
+seeds' limit), one after the other in one running graph:
+
+  train    the task's training instruction.
+  heldout  a held-out paraphrase of it (never trained on).
+  wrong    the scene of task A with task B's instruction (B = the next MT10 task): success is still
+           task A's, so a policy that follows the words scores low here.
+
+An episode ends at Meta-World's success or after ``max_steps`` steps (500 by default).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from hlrp_ros.sim.metaworld_env import MT10_TASKS, instruction_for
+from hlrp_ros.tools.metaworld_dataset import TRAIN_SEED_LIMIT
+
+CONDITIONS = ("train", "heldout", "wrong")
+
+
+def plan_episode(condition: str, task: str, index: int, seed: int) -> dict:
+    """Seed and instruction of one episode, a pure function of its arguments (seeds are held out)."""
+    k = MT10_TASKS.index(task)
+    plan = {"task": task, "seed": TRAIN_SEED_LIMIT + seed + k * 1000 + index, "instructed_task": task}
+    if condition == "train":
+        plan["instruction"] = instruction_for(task)
+    elif condition == "heldout":
+        plan["instruction"] = instruction_for(task, "heldout", index)
+    elif condition == "wrong":
+        other = MT10_TASKS[(k + 1) % len(MT10_TASKS)]
+        plan.update(instruction=instruction_for(other), instructed_task=other)
+    else:
+        raise ValueError(f"unknown condition {condition!r}; one of {CONDITIONS}")
+    return plan
+
+
+@dataclass
+class FrameStrip:
+    """Camera frames of the first episode of each task, for a PNG strip (rows: tasks, columns: time)."""
+
+    columns: int = 6
+    frames: dict[str, list[np.ndarray]] = field(default_factory=dict)
+
+    def add(self, task: str, rgb: np.ndarray, step: int) -> None:
+        kept = self.frames.setdefault(task, [])
+        if step % 25 == 0 and len(kept) < 20:  # every 25 steps (0.31 s), up to 20 frames
+            kept.append(rgb)
+
+    def save(self, path: Path, scale: int = 2) -> Path:
+        import cv2
+
+        rows = []
+        for frames in self.frames.values():
+            if not frames:
+                continue
+            pick = np.linspace(0, len(frames) - 1, self.columns).round().astype(int)
+            row = np.concatenate([frames[i] for i in pick], axis=1)
+            rows.append(row)
+        image = np.concatenate(rows, axis=0)
+        image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        return path
+
+
+class MetaWorldDriver:
+    """Resets episodes, says instructions and follows the status, from this process (own rclpy context)."""
+
+    def __init__(self, strip: FrameStrip | None = None) -> None:
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image
+        from std_msgs.msg import String
+
+        from hlrp_ros.msg import ActionChunk
+
+        self._rclpy, self._String = rclpy, String
+        self.context = rclpy.context.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node("hlrp_metaworld_driver", context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.instruction_pub = self.node.create_publisher(String, "/instruction", latched)
+        self.reset_pub = self.node.create_publisher(String, "/metaworld_sim/reset", 10)
+        self.status: dict | None = None
+        self.chunks: deque = deque(maxlen=500)  # (inference latency s, instruction)
+        self.strip, self._recording = strip, None
+        self.node.create_subscription(String, "/metaworld_sim/episode", self._on_status, 10)
+        self.node.create_subscription(ActionChunk, "/action_chunk", self._on_chunk, 10)
+        if strip is not None:
+            self.node.create_subscription(Image, "/camera/image_raw", self._on_image, 5)
+
+    def _on_status(self, msg) -> None:
+        self.status = json.loads(msg.data)
+
+    def _on_chunk(self, msg) -> None:
+        self.chunks.append((float(msg.inference_latency), msg.instruction))
+
+    def _on_image(self, msg) -> None:
+        if self._recording is not None and self.status and self.status.get("running"):
+            rgb = np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.width, 3)
+            self.strip.add(self._recording, rgb.copy(), int(self.status["step"]))
+
+    def spin_until(self, predicate, timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            self.executor.spin_once(timeout_sec=0.02)
+            if predicate():
+                return True
+        return False
+
+    def wait_ready(self, instruction: str, timeout: float) -> bool:
+        """The world reports status and the policy publishes chunks (for ``instruction``)."""
+        self.instruction_pub.publish(self._String(data=instruction))
+        return self.spin_until(lambda: self.status is not None and len(self.chunks) >= 2
+                               and self.reset_pub.get_subscription_count() > 0, timeout)
+
+    def run_episode(self, task: str, seed: int, instruction: str, timeout: float, record: bool = False,
+                    on_tick=None) -> dict:
+        """Say ``instruction``; once the policy's chunks carry it, reset (task, seed) and run until done.
+        ``on_tick(status)`` is called while it runs (a status line)."""
+        self.instruction_pub.publish(self._String(data=instruction))
+        if not self.spin_until(lambda: self.chunks and self.chunks[-1][1] == instruction, 30.0):
+            raise TimeoutError(f"the policy's chunks do not carry the instruction {instruction!r}")
+        episode = self.status["episode"] + 1
+        self._recording = task if record else None
+        self.reset_pub.publish(self._String(data=json.dumps({"task": task, "seed": seed})))
+        started = time.monotonic()
+        def finished() -> bool:
+            if on_tick is not None and self.status["episode"] >= episode:
+                on_tick(self.status)
+            return self.status["episode"] >= episode and self.status["done"]
+
+        if not self.spin_until(finished, timeout):
+            raise TimeoutError(f"{task} seed {seed}: not done after {timeout:.0f} s: {self.status}")
+        self._recording = None
+        st = self.status
+        latencies = [c[0] for c in list(self.chunks)[-40:]]
+        return {"task": task, "seed": seed, "instruction": instruction, "success": bool(st["success"]),
+                "success_step": st["success_step"], "steps": st["step"], "wall_s": round(time.monotonic() - started, 2),
+                "inference_ms": 1000 * float(np.median(latencies)) if latencies else None,
+                "lockstep": st["lockstep"]}
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self._rclpy.shutdown(context=self.context)
+
+
+def bring_up_metaworld(checkpoint: Path, time_mode: str, log_dir: Path):
+    """The graph on a private DDS domain (this process's rclpy joins it): (processes, restore-environment)."""
+    import os
+
+    from hlrp_ros.graph import isolated_ros_env
+    from hlrp_ros.tools.closed_loop import bring_up
+
+    env = isolated_ros_env()
+    procs = bring_up(checkpoint, env, log_dir, world="metaworld", sim_params={"time_mode": time_mode})
+    old = {k: os.environ.get(k) for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")}
+    os.environ.update({k: env[k] for k in old})
+
+    def restore() -> None:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+    return procs, restore
+
+
+def summarise(condition: str, outcomes: list[dict]) -> dict:
+    """Per-task and average success of one condition."""
+    per_task = {}
+    for task in MT10_TASKS:
+        mine = [o for o in outcomes if o["task"] == task]
+        if mine:
+            per_task[task] = {"episodes": len(mine), "success": sum(o["success"] for o in mine) / len(mine)}
+    average = float(np.mean([v["success"] for v in per_task.values()])) if per_task else 0.0
+    return {"condition": condition, "episodes": len(outcomes), "average_success": average, "per_task": per_task}
+
+
+def run(checkpoint: Path, conditions: list[str], tasks: list[str], episodes: int, seed: int, time_mode: str,
+        strip_path: Path | None, ready_timeout: float = 180.0, log=print) -> dict[str, list[dict]]:
+    """Bring up the graph, run every condition's episodes, shut it down; outcomes by condition."""
+    import tempfile
+
+    from hlrp_ros.tools.closed_loop import shut_down
+
+    log_dir = Path(tempfile.mkdtemp(prefix="hlrp_metaworld_eval_"))
+    procs, restore = bring_up_metaworld(checkpoint, time_mode, log_dir)
+    strip = FrameStrip() if strip_path is not None else None
+    driver = MetaWorldDriver(strip)
+    results: dict[str, list[dict]] = {}
+    try:
+        if not driver.wait_ready(instruction_for(tasks[0]), ready_timeout):
+            logs = "\n".join(p.node_name + ":\n" + p.output()[-2000:] for p in procs)
+            raise RuntimeError(f"nodes not ready; logs in {log_dir}:\n{logs}")
+        for condition in conditions:
+            results[condition] = []
+            t0 = time.monotonic()
+            for task in tasks:
+                for i in range(episodes):
+                    plan = plan_episode(condition, task, i, seed)
+                    outcome = driver.run_episode(task, plan["seed"], plan["instruction"], timeout=600.0,
+                                                 record=condition == conditions[0] and i == 0)
+                    outcome.update(condition=condition, instructed_task=plan["instructed_task"])
+                    results[condition].append(outcome)
+                done = [o for o in results[condition] if o["task"] == task]
+                log(f"[{condition}] {task:24s} {sum(o['success'] for o in done)}/{len(done)}  "
+                    f"({time.monotonic() - t0:.0f} s, inference {done[-1]['inference_ms'] or float('nan'):.1f} ms)")
+    finally:
+        driver.close()
+        restore()
+        codes = shut_down(procs)
+        log(f"node exit codes: {codes} (logs in {log_dir})")
+    if strip is not None and strip.frames:
+        strip.save(strip_path)
+        log(f"frame strip: {strip_path}")
+    return results
+
+
+def print_table(summary: list[dict], log=print) -> None:
+    """Success per task (rows) and condition (columns), with the average."""
+    header = "| task | " + " | ".join(s["condition"] for s in summary) + " |"
+    log(header)
+    log("|" + "---|" * (len(summary) + 1))
+    tasks = [t for t in MT10_TASKS if any(t in s["per_task"] for s in summary)]
+    for task in tasks:
+        cells = []
+        for s in summary:
+            v = s["per_task"].get(task)
+            cells.append(f"{v['success']:.0%} ({v['episodes']})" if v else "")
+        log(f"| {task} | " + " | ".join(cells) + " |")
+    log("| **average** | " + " | ".join(f"**{s['average_success']:.1%}** ({s['episodes']})" for s in summary) + " |")
