@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import pytest
 
+# Imported first: it chooses the offscreen GL backend (EGL) before anything loads mujoco.
+metaworld_env = pytest.importorskip("hlrp_ros.sim.metaworld_env")
 pytest.importorskip("metaworld", reason="metaworld is in requirements.txt; run `make setup`")
 
 from hlrp_ros.sim.metaworld_env import gl_problem  # noqa: E402

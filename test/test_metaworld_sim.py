@@ -11,6 +11,8 @@ import json
 import numpy as np
 import pytest
 
+# Imported first: it chooses the offscreen GL backend (EGL) before anything loads mujoco.
+metaworld_env = pytest.importorskip("hlrp_ros.sim.metaworld_env")
 pytest.importorskip("metaworld", reason="metaworld is in requirements.txt; run `make setup`")
 
 from ros_testing import STARTUP_TIMEOUT, SpinningNode, joint_state, reliable_qos, wait_for  # noqa: E402
