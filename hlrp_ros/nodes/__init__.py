@@ -338,3 +338,28 @@ def spin_until_shutdown(node) -> None:
         STOP_SIGNALS.spinning = False
         executor.remove_node(node)
         executor.shutdown(timeout_sec=1.0)
+
+
+def run_node(make_node, name: str, args=None) -> int:
+    """A node executable's ``main``: init, build, spin until a stop signal, destroy, shut down.
+
+    Returns 1 (with the invalid parameter named in a fatal log line) when ``make_node`` raises
+    ``ParameterError``, else 0; a stop signal during start-up is a clean exit too.
+    """
+    import rclpy
+
+    init_ros(args)
+    node = None
+    try:
+        node = make_node()
+        spin_until_shutdown(node)
+    except ParameterError as exc:
+        rclpy.logging.get_logger(name).fatal(str(exc))
+        return 1
+    except KeyboardInterrupt:  # during start-up
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        shutdown_ros()
+    return 0

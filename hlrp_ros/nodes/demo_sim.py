@@ -37,7 +37,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray, String
 
-from hlrp_ros.nodes import init_ros, shutdown_ros, spin_until_shutdown
+from hlrp_ros.nodes import run_node
 from hlrp_ros.sim.language import parse_colour
 from hlrp_ros.sim.render import Camera
 from hlrp_ros.sim.world import COLOURS, World, WorldSpec
@@ -208,18 +208,7 @@ class DemoSim(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    init_ros(args)
-    node = None
-    try:
-        node = DemoSim()
-        spin_until_shutdown(node)
-    except KeyboardInterrupt:  # during start-up
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        shutdown_ros()
-    return 0
+    return run_node(DemoSim, "demo_sim", args)
 
 
 if __name__ == "__main__":

@@ -49,9 +49,7 @@ from std_msgs.msg import Float64MultiArray, String
 from hlrp_ros.nodes import (
     ParamSpec,
     declare_parameters,
-    init_ros,
-    shutdown_ros,
-    spin_until_shutdown,
+    run_node,
     steady_timer,
 )
 from hlrp_ros.sim.metaworld_env import (
@@ -258,18 +256,7 @@ class MetaWorldSim(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    init_ros(args)
-    node = None
-    try:
-        node = MetaWorldSim()
-        spin_until_shutdown(node)
-    except KeyboardInterrupt:  # during start-up
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        shutdown_ros()
-    return 0
+    return run_node(MetaWorldSim, "metaworld_sim", args)
 
 
 if __name__ == "__main__":

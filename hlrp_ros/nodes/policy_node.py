@@ -35,7 +35,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -53,9 +52,7 @@ from hlrp_ros.nodes import (
     SimClockWatch,
     accept_live_updates,
     declare_parameters,
-    init_ros,
-    shutdown_ros,
-    spin_until_shutdown,
+    run_node,
     steady_timer,
 )
 from hlrp_ros.policies.base import ObservationHistoryError, fitted_size, history_length
@@ -698,21 +695,7 @@ class PolicyNode(Node):
 
 def main(args=None) -> int:
     """Run the policy node; exit code 1 (with the parameter named) when the configuration is invalid."""
-    init_ros(args)
-    node = None
-    try:
-        node = PolicyNode()
-        spin_until_shutdown(node)
-    except ParameterError as exc:
-        rclpy.logging.get_logger("policy_node").fatal(str(exc))
-        return 1
-    except KeyboardInterrupt:  # during start-up
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        shutdown_ros()
-    return 0
+    return run_node(PolicyNode, "policy_node", args)
 
 
 if __name__ == "__main__":
