@@ -111,29 +111,50 @@ class EpisodeOutcome:
     extra: dict = field(default_factory=dict)
 
 
-class EpisodeDriver:
-    """Drives episodes over ROS 2 from this process (own rclpy context)."""
+class GraphDriver:
+    """This process's own rclpy node (private context, single-threaded executor) on the nodes' graph,
+    with the latched instruction publisher every world's driver needs."""
 
-    def __init__(self, node_name: str = "hlrp_episode_driver") -> None:
+    def __init__(self, node_name: str) -> None:
         import rclpy
+        from rclpy.executors import SingleThreadedExecutor
         from rclpy.node import Node
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
         from std_msgs.msg import String
 
-        from hlrp_ros.msg import ActionChunk
-
-        self._rclpy = rclpy
+        self._rclpy, self._String = rclpy, String
         self.context = rclpy.context.Context()
         rclpy.init(context=self.context)
         self.node = Node(node_name, context=self.context)
-        from rclpy.executors import SingleThreadedExecutor
-
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self._String = String
         self.instruction_pub = self.node.create_publisher(String, "/instruction", latched)
+
+    def spin_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            self.executor.spin_once(timeout_sec=0.02)
+            if predicate():
+                return True
+        return False
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self._rclpy.shutdown(context=self.context)
+
+
+class EpisodeDriver(GraphDriver):
+    """Drives episodes of the demo world over ROS 2 from this process."""
+
+    def __init__(self, node_name: str = "hlrp_episode_driver") -> None:
+        from std_msgs.msg import String
+
+        from hlrp_ros.msg import ActionChunk
+
+        super().__init__(node_name)
         self.reset_pub = self.node.create_publisher(String, "/demo_sim/reset", 10)
         self.status: dict | None = None
         self.chunks: deque = deque(maxlen=200)  # (wall time, inference latency s, instruction)
@@ -151,14 +172,6 @@ class EpisodeDriver:
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             self.executor.spin_once(timeout_sec=min(0.02, max(0.0, end - time.monotonic())))
-
-    def spin_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            self.executor.spin_once(timeout_sec=0.02)
-            if predicate():
-                return True
-        return False
 
     def say(self, text: str) -> None:
         self.instruction = text
@@ -221,7 +234,3 @@ class EpisodeDriver:
                               final_nearest=st["nearest"], final_distance=st["distance"], first_goal=colour,
                               duration=float(st["time"]), success_time=st["success_time"])
 
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        self._rclpy.shutdown(context=self.context)

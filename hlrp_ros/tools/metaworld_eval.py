@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from hlrp_ros.sim.metaworld_env import MT10_TASKS, instruction_for
+from hlrp_ros.tools.closed_loop import GraphDriver
 from hlrp_ros.tools.metaworld_dataset import TRAIN_SEED_LIMIT
 
 CONDITIONS = ("train", "heldout", "wrong")
@@ -73,26 +74,16 @@ class FrameStrip:
         return path
 
 
-class MetaWorldDriver:
+class MetaWorldDriver(GraphDriver):
     """Resets episodes, says instructions and follows the status, from this process (own rclpy context)."""
 
     def __init__(self, strip: FrameStrip | None = None) -> None:
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
         from std_msgs.msg import String
 
         from hlrp_ros.msg import ActionChunk
 
-        self._rclpy, self._String = rclpy, String
-        self.context = rclpy.context.Context()
-        rclpy.init(context=self.context)
-        self.node = rclpy.create_node("hlrp_metaworld_driver", context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self.instruction_pub = self.node.create_publisher(String, "/instruction", latched)
+        super().__init__("hlrp_metaworld_driver")
         self.reset_pub = self.node.create_publisher(String, "/metaworld_sim/reset", 10)
         self.status: dict | None = None
         self.chunks: deque = deque(maxlen=500)  # (inference latency s, instruction)
@@ -112,14 +103,6 @@ class MetaWorldDriver:
         if self._recording is not None and self.status and self.status.get("running"):
             rgb = np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.width, 3)
             self.strip.add(self._recording, rgb.copy(), int(self.status["step"]))
-
-    def spin_until(self, predicate, timeout: float) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            self.executor.spin_once(timeout_sec=0.02)
-            if predicate():
-                return True
-        return False
 
     def wait_ready(self, instruction: str, timeout: float) -> bool:
         """The world reports status and the policy publishes chunks (for ``instruction``)."""
@@ -153,32 +136,19 @@ class MetaWorldDriver:
                 "inference_ms": 1000 * float(np.median(latencies)) if latencies else None,
                 "lockstep": st["lockstep"]}
 
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        self._rclpy.shutdown(context=self.context)
-
 
 def bring_up_metaworld(checkpoint: Path, time_mode: str, log_dir: Path):
     """The graph on a private DDS domain (this process's rclpy joins it): (processes, restore-environment)."""
-    import os
+    import contextlib
 
     from hlrp_ros.graph import isolated_ros_env
-    from hlrp_ros.tools.closed_loop import bring_up
+    from hlrp_ros.tools.closed_loop import bring_up, joined_graph
 
     env = isolated_ros_env()
     procs = bring_up(checkpoint, env, log_dir, world="metaworld", sim_params={"time_mode": time_mode})
-    old = {k: os.environ.get(k) for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")}
-    os.environ.update({k: env[k] for k in old})
-
-    def restore() -> None:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-    return procs, restore
+    joined = contextlib.ExitStack()
+    joined.enter_context(joined_graph(env))
+    return procs, joined.close
 
 
 def summarise(condition: str, outcomes: list[dict]) -> dict:
