@@ -73,51 +73,48 @@ def summarise(condition: str, outcomes: list[dict]) -> dict:
 
 def run_ros(args: argparse.Namespace, checkpoint: Path, conditions: list[str]) -> dict[str, list[dict]]:
     from hlrp_ros.graph import isolated_ros_env
-    from hlrp_ros.tools.closed_loop import EpisodeDriver, bring_up, shut_down
+    from hlrp_ros.tools.closed_loop import EpisodeDriver, bring_up, joined_graph, shut_down
 
     env = isolated_ros_env()
     log_dir = Path(tempfile.mkdtemp(prefix="hlrp_eval_"))
     procs = bring_up(checkpoint, env, log_dir, policy_params={"dtype": args.dtype})
-    import os
-
-    old = {k: os.environ.get(k) for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")}
-    os.environ.update({k: env[k] for k in old})
-    driver = EpisodeDriver()
-    results: dict[str, list[dict]] = {}
     try:
-        if not driver.wait_ready(make_instruction("red", np.random.default_rng(0)), args.ready_timeout):
-            logs = "\n".join(p.node_name + ":\n" + p.output()[-2000:] for p in procs)
-            raise RuntimeError(f"nodes not ready; logs in {log_dir}:\n{logs}")
-        for condition in conditions:
-            results[condition] = []
-            t0 = time.monotonic()
-            for i in range(args.episodes):
-                plan = plan_episode(condition, args.seed, i, args.switch_time)
-                timeout = args.timeout + (plan["switch"][0] if plan["switch"] else 0.0)
-                outcome = asdict(driver.run_episode(plan["seed"], plan["colour"], plan["instruction"], timeout,
-                                                    switch=plan["switch"], hold=args.hold))
-                st = driver.status
-                task_pos = st["targets"].get(plan["task"])
-                outcome["task"] = plan["task"]
-                outcome["task_distance"] = (float(np.linalg.norm(np.subtract(st["ee"], task_pos)))
-                                            if task_pos is not None else None)
-                outcome["inference_ms"] = driver.mean_latency_ms()
-                results[condition].append(outcome)
-                ok = sum(o["success"] for o in results[condition])
-                print(f"\r[{condition}] episode {i + 1}/{args.episodes}: successes {ok}  "
-                      f"({time.monotonic() - t0:.0f} s, inference {outcome['inference_ms']:.1f} ms)   ",
-                      end="", flush=True)
-            print()
+        with joined_graph(env):
+            driver = EpisodeDriver()
+            try:
+                if not driver.wait_ready(make_instruction("red", np.random.default_rng(0)), args.ready_timeout):
+                    logs = "\n".join(p.node_name + ":\n" + p.output()[-2000:] for p in procs)
+                    raise RuntimeError(f"nodes not ready; logs in {log_dir}:\n{logs}")
+                return {condition: run_ros_condition(args, driver, condition) for condition in conditions}
+            finally:
+                driver.close()
     finally:
-        driver.close()
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         codes = shut_down(procs)
         logger.info("node exit codes: %s (logs in %s)", codes, log_dir)
-    return results
+
+
+def run_ros_condition(args: argparse.Namespace, driver, condition: str) -> list[dict]:
+    """``args.episodes`` episodes of ``condition`` driven over ROS 2, with a progress line."""
+    outcomes: list[dict] = []
+    t0 = time.monotonic()
+    for i in range(args.episodes):
+        plan = plan_episode(condition, args.seed, i, args.switch_time)
+        timeout = args.timeout + (plan["switch"][0] if plan["switch"] else 0.0)
+        outcome = asdict(driver.run_episode(plan["seed"], plan["colour"], plan["instruction"], timeout,
+                                            switch=plan["switch"], hold=args.hold))
+        st = driver.status
+        task_pos = st["targets"].get(plan["task"])
+        outcome["task"] = plan["task"]
+        outcome["task_distance"] = (float(np.linalg.norm(np.subtract(st["ee"], task_pos)))
+                                    if task_pos is not None else None)
+        outcome["inference_ms"] = driver.mean_latency_ms()
+        outcomes.append(outcome)
+        ok = sum(o["success"] for o in outcomes)
+        print(f"\r[{condition}] episode {i + 1}/{args.episodes}: successes {ok}  "
+              f"({time.monotonic() - t0:.0f} s, inference {outcome['inference_ms']:.1f} ms)   ",
+              end="", flush=True)
+    print()
+    return outcomes
 
 
 def run_inprocess(args: argparse.Namespace, checkpoint: Path, conditions: list[str]) -> dict[str, list[dict]]:
