@@ -8,12 +8,13 @@
    tick's time) at 50 Hz and 100 Hz, while policy_node infers continuously in another process
    (tiny real checkpoint, sensors published by this script, chunks consumed by the controller).
 
-Run: ``env/run.sh python benchmarks/bench_nodes.py [--quick]``. Prints a Markdown table.
+Run: ``env/run.sh python benchmarks/bench_nodes.py [--quick] [--jitter-only]``. Prints Markdown tables.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -159,16 +160,24 @@ def bench_jitter(env, seconds: float, rates=(50.0, 100.0)) -> list[str]:
         node.create_timer(0.033, sensors)
         chunks = spinner.collect(ActionChunk, "/action_chunk", reliable_qos(10))
         policy = None
+        # (policy_node parameters or None for no policy, label, modes): the policy at 10 Hz on one thread,
+        # then back to back on both cores (its period shorter than its inference: every core busy)
+        loads = [(None, "idle (no policy_node)", (True, False)),
+                 ({"inference_period": 0.1, "torch_threads": 1}, "policy_node inferring", (True, False)),
+                 ({"inference_period": 0.01, "torch_threads": 2}, "policy_node inferring back to back on 2 threads",
+                  (True,))]
         try:
-            for with_policy in (False, True):
-                if with_policy:
-                    policy = NodeProcess("policy_node", params={"checkpoint": str(ckpt), "inference_period": 0.1,
-                                                                "action_period": 0.02, "torch_threads": 1},
-                                         env=env, log_dir=tmp).start()
+            for policy_params, label, modes in loads:
+                if policy_params is not None:
+                    policy = NodeProcess("policy_node", params={"checkpoint": str(ckpt), "action_period": 0.02,
+                                                                **policy_params}, env=env, log_dir=tmp).start()
                 for rate in rates:
-                    for thread in (True, False):  # side by side: the control thread, then an executor timer
-                        rows.append(_jitter_row(spinner, env, tmp, rate, seconds, chunks if with_policy else None,
-                                                thread))
+                    for thread in modes:  # side by side: the control thread, then an executor timer
+                        rows.append(_jitter_row(spinner, env, tmp, rate, seconds, label,
+                                                chunks if policy is not None else None, thread))
+                if policy is not None:
+                    policy.stop()
+                    policy = None
         finally:
             if policy is not None:
                 policy.stop()
@@ -176,7 +185,11 @@ def bench_jitter(env, seconds: float, rates=(50.0, 100.0)) -> list[str]:
     return rows
 
 
-def _jitter_row(spinner, env, tmp, rate: float, seconds: float, chunks, control_thread: bool = True) -> str:
+_RUN_NUMBERS = itertools.count()
+
+
+def _jitter_row(spinner, env, tmp, rate: float, seconds: float, load: str, chunks,
+                control_thread: bool = True) -> str:
     """One controller run at ``rate``; with ``chunks`` (the policy's output) it executes them."""
     from ros_testing import wait_for
     from sensor_msgs.msg import JointState
@@ -184,8 +197,7 @@ def _jitter_row(spinner, env, tmp, rate: float, seconds: float, chunks, control_
     from hlrp_ros.chunk_codec import time_to_ns
     from hlrp_ros.graph import NodeProcess
 
-    topic = (f"/bench/command_{int(rate)}_{'policy' if chunks is not None else 'idle'}_"
-             f"{'thread' if control_thread else 'timer'}")
+    topic = f"/bench/command_{next(_RUN_NUMBERS)}"  # a topic per run: no late command of an earlier one
     commands = spinner.collect(JointState, topic)
     ctl = NodeProcess("controller_node", name=f"controller_{int(rate)}", env=env, log_dir=tmp, params={
         "joint_names": ["shoulder", "elbow"], "control_rate": rate, "output_topic": topic,
@@ -193,8 +205,7 @@ def _jitter_row(spinner, env, tmp, rate: float, seconds: float, chunks, control_
         "watchdog_timeout": 2.0 if chunks is not None else 600.0, "input_topic": "/action_chunk" if chunks is not None else "/bench/no_chunks",
         # idle: no joint state source, the long chunk is commanded as sent
         **({} if chunks is not None else {"joint_states_topic": "", "require_joint_state": False})}).start()
-    label = ("policy_node inferring" if chunks is not None else "idle (no policy_node)") + (
-        ", control thread" if control_thread else ", executor timer")
+    label = load + (", control thread" if control_thread else ", executor timer")
     try:
         if chunks is None:
             # Idle: feed one long chunk so that the controller runs without a policy process.
@@ -231,18 +242,21 @@ def _send_long_chunk(spinner, rate: float) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument("--jitter-only", action="store_true", help="only the controller command interval")
     args = parser.parse_args()
     from hlrp_ros.graph import isolated_ros_env
 
     env = isolated_ros_env()
     os.environ["ROS_DOMAIN_ID"] = env["ROS_DOMAIN_ID"]
-    print("## Image conversion\n")
-    print("\n".join(bench_images(20 if args.quick else 100)))
-    print("\n## ActionChunk publish-to-receive latency across processes\n")
-    print("\n".join(bench_latency(env, 100 if args.quick else 500)))
+    if not args.jitter_only:
+        print("## Image conversion\n")
+        print("\n".join(bench_images(20 if args.quick else 100)))
+        print("\n## ActionChunk publish-to-receive latency across processes\n")
+        print("\n".join(bench_latency(env, 100 if args.quick else 500)))
     print("\n## controller_node command interval while policy_node infers in another process\n")
     print("\n".join(bench_jitter(env, 5.0 if args.quick else 15.0)))
-    print(f"\n(CPU: {os.cpu_count()} cores, shared; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")
+    print(f"\n(CPU: {os.cpu_count()} cores, shared; load average {os.getloadavg()[0]:.2f}; "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")
 
 
 if __name__ == "__main__":
