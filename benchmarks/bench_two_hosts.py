@@ -222,6 +222,35 @@ def due_row(chunk: dict, t_ns: int) -> np.ndarray | None:
     return rows[index] if 0 <= index < len(rows) else None
 
 
+def explain_miss(cmd: dict, current: list[dict], chunks: list[dict], phases,
+                 unobserved: list[tuple[float, str]]) -> str:
+    """Why a command is no due row of the two newest chunks the observer had: which chunk it matches."""
+    phase = next((name for name, start, end in phases if start <= cmd["mono"] < end), "outside the phases")
+
+    def matches(chunk: dict) -> bool:
+        row = due_row(chunk, cmd["stamp"])
+        return row is not None and np.allclose(row, cmd["position"], atol=1e-5)
+
+    for rank, c in enumerate(reversed(current[:-2]), start=3):
+        if matches(c):
+            return f"due in the {rank}th newest chunk ({phase})"
+    later = [c for c in chunks if c["first"] <= cmd["stamp"] and c["now"] > cmd["now"]]
+    if any(matches(c) for c in later):
+        return f"due in a chunk the observer received after the command ({phase})"
+    for c in current:
+        rows = np.asarray(c["actions"]).reshape(-1, c["dim"])
+        hit = [i for i, r in enumerate(rows) if np.allclose(r, cmd["position"], atol=1e-5)]
+        if hit:
+            due = int(np.floor((cmd["stamp"] - c["first"]) / (c["dt"] * 1e9) + 1e-6))
+            return f"another row of a received chunk (row {hit[0]} where {due} was due; {phase})"
+    # The policy's chunk writer is reliable with depth 1 (only the newest chunk is worth resending): a reader
+    # that lost a chunk on the link gets the next one instead, so the controller and the observer can each
+    # miss a chunk the other executed or saw.
+    if any(abs(mono - cmd["mono"]) <= 0.25 for mono, _ in unobserved):
+        return f"executed while the controller ran a chunk the observer never received ({phase})"
+    return f"no row of any chunk ({phase})"
+
+
 def pct(values: np.ndarray, q: float) -> str:
     return f"{np.percentile(values, q):.1f}" if values.size else "-"
 
@@ -246,17 +275,26 @@ def analyse(events: list[dict], phases: list[tuple[str, float, float]]) -> str:
     executed = {(s.get("run_id"), int(s["chunk_id"])) for s in status if s["state"] == "running"}
     executed_ages = [(by_key[k]["now"] - by_key[k]["stamp"]) * 1e-9 for k in executed if k in by_key]
     aligned = checked = 0
+    misses: dict[str, int] = {}  # what each command that is not aligned was instead
+    # (monotonic time, chunk id) of the controller executing a chunk that never reached the observer
+    observed = {(c["run"], c["id"]) for c in chunks}
+    unobserved = [(st["mono"], st["chunk_id"]) for st in status
+                  if st["state"] == "running" and (st.get("run_id"), int(st["chunk_id"])) not in observed]
     for cmd in commands:
-        current = [c for c in chunks if c["first"] <= cmd["stamp"] and c["now"] <= cmd["now"]]
+        current = sorted((c for c in chunks if c["first"] <= cmd["stamp"] and c["now"] <= cmd["now"]),
+                         key=lambda c: (c["stamp"], c["id"]))
         if not current:
             continue
         # the newest chunk, or the one before it: the observer may see a chunk a tick before the controller
-        recent = sorted(current, key=lambda c: (c["stamp"], c["id"]))[-2:]
-        rows = [r for r in (due_row(c, cmd["stamp"]) for c in recent) if r is not None]
+        rows = [r for r in (due_row(c, cmd["stamp"]) for c in current[-2:]) if r is not None]
         if not rows:
             continue
         checked += 1
-        aligned += any(np.allclose(r, cmd["position"], atol=1e-5) for r in rows)
+        if any(np.allclose(r, cmd["position"], atol=1e-5) for r in rows):
+            aligned += 1
+            continue
+        why = explain_miss(cmd, current, chunks, phases, unobserved)
+        misses[why] = misses.get(why, 0) + 1
     lines += [
         "",
         f"partition at +{p_start - phases[0][1]:.1f} s: controller holding after "
@@ -267,6 +305,8 @@ def analyse(events: list[dict], phases: list[tuple[str, float, float]]) -> str:
         + (f"{max(executed_ages):.3f} s" if executed_ages else "-") + f" (max_chunk_age {MAX_AGE:g} s)",
         f"commands equal to the action due at their own stamp (of one of the two newest chunks received by then): "
         f"{aligned}/{checked}" + (f" ({100.0 * aligned / checked:.1f} %)" if checked else ""),
+        "the others: " + (", ".join(f"{n} {why}" for why, n in sorted(misses.items(), key=lambda kv: -kv[1]))
+                          or "none"),
     ]
     return "\n".join(lines)
 
