@@ -206,7 +206,7 @@ class RecorderNode(Node):
         episode = self.writer.start_episode(self.instruction)
         self.aligner.reset_counts()
         self.get_logger().info(f"episode {episode.index} started: {self.instruction!r}")
-        return True, f"episode {episode.index} started"
+        return True, f"episode {episode.index} started: {self.instruction!r}"
 
     def _on_save(self) -> tuple[bool, str]:
         if self.writer is None or self.writer.episode is None:

@@ -77,7 +77,7 @@ def run_ros(args: argparse.Namespace, checkpoint: Path, conditions: list[str]) -
 
     env = isolated_ros_env()
     log_dir = Path(tempfile.mkdtemp(prefix="hlrp_eval_"))
-    procs = bring_up(checkpoint, env, log_dir, policy_params={"dtype": args.dtype})
+    procs = bring_up(checkpoint, env, log_dir, policy_params={"dtype": args.dtype, **dict(args.policy_param)})
     try:
         with joined_graph(env):
             driver = EpisodeDriver()
@@ -187,11 +187,24 @@ def evaluate_metaworld(args: argparse.Namespace, parser: argparse.ArgumentParser
     return 0
 
 
+def node_parameter(text: str) -> tuple[str, object]:
+    """``NAME=VALUE`` (VALUE in YAML: 0.0, true, [a, b], text) as (name, value)."""
+    import yaml
+
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name.strip(), yaml.safe_load(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, default=None, help="default: the shipped demo checkpoint")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                         help="model dtype (policy_node's dtype parameter): what reduced precision costs in success")
+    parser.add_argument("--policy-param", type=node_parameter, action="append", default=[], metavar="NAME=VALUE",
+                        help="--backend ros: a policy_node parameter over config/demo.yaml's (repeatable; the "
+                             "value is YAML), e.g. first_action_delay=0.0 for a model trained on a recorded dataset")
     parser.add_argument("--blind-checkpoint", type=Path, default=None, help="language-blind model (for 'blind')")
     parser.add_argument("--world", choices=("demo", "metaworld"), default="demo",
                         help="demo: the planar arm; metaworld: Meta-World MT10 (docs/metaworld.md)")

@@ -1,0 +1,50 @@
+"""Recording demonstrations over ROS 2: demo_sim and recorder_node as processes, the expert in this one."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hlrp_ros.tools import evaluate
+
+
+@pytest.mark.ros
+def test_recorded_episodes_carry_their_instructions_and_the_expert_commands(tmp_path, capsys):
+    from hlrp_ros.datasets.reader import DatasetReader
+    from hlrp_ros.tools import record_demo
+
+    out = tmp_path / "dataset"
+    assert record_demo.main(["--episodes", "3", "--out", str(out), "--seed", "3"]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads(printed[printed.rindex("\n{") + 1:])  # the summary is printed last
+    assert summary["episodes_saved"] == 3 and summary["episodes_discarded"] == 0
+    reader = DatasetReader(out)
+    reader.validate()
+    plans = [evaluate.plan_episode("train", 3, i, 0.0) for i in range(3)]
+    assert len(reader) == 3
+    previous_last = None
+    for i, plan in enumerate(plans):
+        episode = reader.episode(i)
+        assert episode.task == plan["instruction"]
+        assert len(episode.states) >= 5 and reader.frames(i, "observation.images.top").shape[1:] == (64, 64, 3)
+        steps = np.abs(np.diff(episode.actions, axis=0)).max(axis=1)
+        # the expert's speed (1.8 rad/s): at most two commands apart between frames (one late), no jump
+        assert steps.max() <= 2 * 1.8 * 0.1 + 0.05
+        if previous_last is not None:  # no frame took the previous episode's last command
+            assert not np.allclose(episode.actions[0], previous_last, atol=1e-4)
+        previous_last = episode.actions[-1]
+    info = json.loads((out / "meta" / "info.json").read_text())
+    assert info["fps"] == 10 and info["robot_type"] == "hlrp_demo_arm"
+    # continuing the dataset appends
+    assert record_demo.main(["--episodes", "1", "--out", str(out), "--seed", "4"]) == 0
+    assert len(DatasetReader(out)) == 4
+
+
+def test_policy_parameters_for_the_evaluation_are_yaml_values():
+    assert evaluate.node_parameter("first_action_delay=0.0") == ("first_action_delay", 0.0)
+    assert evaluate.node_parameter("camera_names=[top, wrist]") == ("camera_names", ["top", "wrist"])
+    assert evaluate.node_parameter(" rtc_mode =guided") == ("rtc_mode", "guided")
+    with pytest.raises(Exception, match="NAME=VALUE"):
+        evaluate.node_parameter("first_action_delay")
