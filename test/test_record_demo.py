@@ -37,9 +37,10 @@ def test_recorded_episodes_carry_their_instructions_and_the_expert_commands(tmp_
         previous_last = episode.actions[-1]
     info = json.loads((out / "meta" / "info.json").read_text())
     assert info["fps"] == 10 and info["robot_type"] == "hlrp_demo_arm"
-    # continuing the dataset appends
-    assert record_demo.main(["--episodes", "1", "--out", str(out), "--seed", "4"]) == 0
-    assert len(DatasetReader(out)) == 4
+    # continuing the dataset appends, the episode plans numbered on
+    assert record_demo.main(["--episodes", "1", "--out", str(out), "--seed", "3"]) == 0
+    reader = DatasetReader(out)
+    assert len(reader) == 4 and reader.episode(3).task == evaluate.plan_episode("train", 3, 3, 0.0)["instruction"]
 
 
 def test_policy_parameters_for_the_evaluation_are_yaml_values():
@@ -48,3 +49,20 @@ def test_policy_parameters_for_the_evaluation_are_yaml_values():
     assert evaluate.node_parameter(" rtc_mode =guided") == ("rtc_mode", "guided")
     with pytest.raises(Exception, match="NAME=VALUE"):
         evaluate.node_parameter("first_action_delay")
+
+
+@pytest.mark.ros
+def test_end_to_end_records_trains_and_evaluates_in_one_command(tmp_path, capsys):
+    from hlrp_ros.tools import end_to_end
+
+    out = tmp_path / "e2e"
+    assert end_to_end.main(["--out", str(out), "--episodes", "2", "--steps", "3", "--eval-episodes", "1"]) == 0
+    report = json.loads((out / "scratch" / "end_to_end.json").read_text())
+    assert report["record"]["episodes"] == 2 and report["train"]["steps"] == 3
+    assert {"train", "heldout"} <= set(report["evaluate"]) and report["evaluate"]["train"]["episodes"] == 1
+    assert all(report[stage]["seconds"] > 0 for stage in ("record", "train", "evaluate"))
+    assert (out / "scratch" / "final" / "model.safetensors").exists()
+    # run again: nothing is redone but the evaluation
+    assert end_to_end.main(["--out", str(out), "--episodes", "2", "--steps", "3", "--eval-episodes", "1"]) == 0
+    report = json.loads((out / "scratch" / "end_to_end.json").read_text())
+    assert "skipped" in report["record"] and "skipped" in report["train"]

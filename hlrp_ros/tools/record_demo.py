@@ -15,7 +15,8 @@ command within the period, so a recorded ``action[t]`` is, as in any LeRobot dat
 position-controlled arm, the command in force at frame ``t``, close to the state there: a policy
 trained on it runs with ``first_action_delay`` 0 (row 0 due at the observation), not the 0.1 s of
 ``config/demo.yaml``, which belongs to the generator's labels (row i = the pose (i + 1) periods
-ahead). The dataset continues when ``--out`` already holds one (``--episodes`` more are recorded).
+ahead). The dataset continues when ``--out`` already holds one: ``--episodes`` more are recorded,
+their plans numbered on from the episodes saved (the same seed gives the same dataset either way).
 """
 
 from __future__ import annotations
@@ -117,6 +118,12 @@ class ExpertDriver:
             self.driver.spin_for(0.1)
 
 
+def recorded_episodes(dataset: Path) -> int:
+    """Episodes already saved in ``dataset`` (0 when it does not exist yet)."""
+    info = Path(dataset) / "meta" / "info.json"
+    return int(json.loads(info.read_text())["total_episodes"]) if info.exists() else 0
+
+
 def record(args: argparse.Namespace) -> dict:
     from hlrp_ros.graph import NodeProcess, isolated_ros_env
     from hlrp_ros.tools.closed_loop import EpisodeDriver, config_file, joined_graph, shut_down
@@ -133,6 +140,7 @@ def record(args: argparse.Namespace) -> dict:
     for proc in procs:
         proc.start()
     saved, discarded, frames, t0 = 0, 0, 0, time.monotonic()
+    first = recorded_episodes(args.out)  # a continued dataset continues the episode plans
     try:
         with joined_graph(env):
             driver = EpisodeDriver("hlrp_demo_expert")
@@ -144,7 +152,7 @@ def record(args: argparse.Namespace) -> dict:
                     logs = "\n".join(p.node_name + ":\n" + p.output()[-2000:] for p in procs)
                     raise RuntimeError(f"nodes not ready; logs in {log_dir}:\n{logs}")
                 for i in range(args.episodes):
-                    plan = plan_episode("train", args.seed, i, 0.0)
+                    plan = plan_episode("train", args.seed, first + i, 0.0)
                     state = {"started": False}
 
                     def begin(_status, plan=plan, state=state) -> None:
