@@ -51,6 +51,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from hlrp_ros.policies.common.weights import tensor_problems
 from hlrp_ros.policies.hlrp.configuration_hlrp import HLRPConfig
 from hlrp_ros.policies.hlrp.modeling_hlrp import CheckpointError, HLRPPolicy, read_safetensors
 from hlrp_ros.policies.hlrp.processor_hlrp import load_tokenizer
@@ -432,17 +433,7 @@ def convert_state_dict(tensors: dict[str, Tensor], expected: dict[str, Tensor], 
     Raises:
         LeRobotCheckpointError: Unknown, missing or mis-shaped tensors, each named.
     """
-    unknown = sorted(set(tensors) - set(expected))
-    missing = sorted(set(expected) - set(tensors))
-    problems = []
-    if unknown:
-        problems.append(f"unknown tensor(s) {unknown}")
-    if missing:
-        problems.append(f"missing tensor(s) {missing}")
-    for key in sorted(set(tensors) & set(expected)):
-        if tuple(tensors[key].shape) != tuple(expected[key].shape):
-            problems.append(f"tensor {key!r} has shape {tuple(tensors[key].shape)}, "
-                            f"model expects {tuple(expected[key].shape)}")
+    problems = tensor_problems(expected, tensors, extra="unknown", limit=len(tensors) + len(expected))
     if problems:
         raise LeRobotCheckpointError(f"{source}: " + "; ".join(problems))
     return {key: tensors[key] for key in expected}

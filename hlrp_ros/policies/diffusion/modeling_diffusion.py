@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from hlrp_ros.policies.base import ActionExpert, Observation
+from hlrp_ros.policies.common.weights import tensor_problems
 from hlrp_ros.policies.diffusion.configuration_diffusion import BACKBONES, DiffusionConfig
 from hlrp_ros.policies.diffusion.processor_diffusion import DiffusionProcessor
 from hlrp_ros.policies.hlrp.modeling_hlrp import CheckpointError, Normalizer, read_safetensors, resolve_dtype
@@ -691,20 +692,7 @@ class DiffusionPolicy(nn.Module, ActionExpert):
             if not path.is_file():
                 raise FileNotFoundError(f"weights file {path} not found")
             tensors = read_safetensors(path)
-        expected = self.state_dict()
-        missing = sorted(set(expected) - set(tensors))
-        unexpected = sorted(set(tensors) - set(expected))
-        problems = []
-        if missing:
-            problems.append(f"missing tensor(s) {missing[:10]}{' ...' if len(missing) > 10 else ''}")
-        if unexpected:
-            problems.append(f"unexpected tensor(s) {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}")
-        for key in sorted(set(tensors) & set(expected)):
-            if tuple(tensors[key].shape) != tuple(expected[key].shape):
-                problems.append(f"tensor {key!r} has shape {tuple(tensors[key].shape)}, "
-                                f"model expects {tuple(expected[key].shape)}")
-            elif tensors[key].is_floating_point() and not torch.isfinite(tensors[key]).all():
-                problems.append(f"tensor {key!r} contains non-finite values")
+        problems = tensor_problems(self.state_dict(), tensors, check_finite=True)
         if problems:
             raise CheckpointError(f"{path}: " + "; ".join(problems))
         self.load_state_dict(tensors, strict=True)

@@ -33,6 +33,7 @@ from transformers.initialization import no_init_weights
 from hlrp_ros.policies.base import ActionExpert, Observation
 from hlrp_ros.policies.common import flow_matching, realtime_chunking
 from hlrp_ros.policies.common.realtime_chunking import ChunkGuide
+from hlrp_ros.policies.common.weights import tensor_problems
 from hlrp_ros.policies.hlrp.configuration_hlrp import HLRPConfig
 from hlrp_ros.policies.hlrp.processor_hlrp import HLRPProcessor, build_tiny_tokenizer, load_tokenizer
 from hlrp_ros.policies.hlrp.smolvlm_with_expert import (
@@ -725,20 +726,9 @@ class HLRPPolicy(nn.Module, ActionExpert):
         if not path.is_file():
             raise FileNotFoundError(f"weights file {path} not found")
         tensors = read_safetensors(path)
-        expected = self.state_dict()
-        missing = sorted(set(expected) - set(tensors))
-        unexpected = sorted(set(tensors) - set(expected))
-        if missing:
-            raise CheckpointError(f"{path}: missing tensor(s) {missing[:10]}{' ...' if len(missing) > 10 else ''}")
-        if unexpected:
-            raise CheckpointError(f"{path}: unexpected tensor(s) {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}")
-        for key, value in tensors.items():
-            if tuple(value.shape) != tuple(expected[key].shape):
-                raise CheckpointError(
-                    f"{path}: tensor {key!r} has shape {tuple(value.shape)}, model expects {tuple(expected[key].shape)}"
-                )
-            if not torch.isfinite(value).all():
-                raise CheckpointError(f"{path}: tensor {key!r} contains non-finite values (corrupted checkpoint?)")
+        problems = tensor_problems(self.state_dict(), tensors, check_finite=True)
+        if problems:
+            raise CheckpointError(f"{path}: " + "; ".join(problems))
         self.load_state_dict(tensors, strict=True)
 
 

@@ -40,6 +40,7 @@ from transformers.models.gemma.modeling_gemma import apply_rotary_pos_emb
 from hlrp_ros.policies.base import ActionExpert, Observation
 from hlrp_ros.policies.common import flow_matching, realtime_chunking
 from hlrp_ros.policies.common.realtime_chunking import ChunkGuide
+from hlrp_ros.policies.common.weights import tensor_problems
 from hlrp_ros.policies.hlrp.modeling_hlrp import (
     CheckpointError,
     Normalizer,
@@ -595,17 +596,7 @@ class PI0Policy(nn.Module, ActionExpert):
     def load_tensors(self, tensors: dict[str, Tensor], source: Path, prefix_only: str = "") -> None:
         """Loads ``tensors`` strictly (restricted to keys starting with ``prefix_only``); errors name each tensor."""
         expected = {k: v for k, v in self.state_dict().items() if k.startswith(prefix_only)}
-        missing = sorted(set(expected) - set(tensors))
-        unknown = sorted(set(tensors) - set(expected))
-        problems = []
-        if missing:
-            problems.append(f"missing tensor(s) {missing[:10]}{' ...' if len(missing) > 10 else ''}")
-        if unknown:
-            problems.append(f"unknown tensor(s) {unknown[:10]}{' ...' if len(unknown) > 10 else ''}")
-        for key in sorted(set(tensors) & set(expected)):
-            if tuple(tensors[key].shape) != tuple(expected[key].shape):
-                problems.append(f"tensor {key!r} has shape {tuple(tensors[key].shape)}, "
-                                f"model expects {tuple(expected[key].shape)}")
+        problems = tensor_problems(expected, tensors, extra="unknown")
         if problems:
             raise CheckpointError(f"{source}: " + "; ".join(problems))
         self.load_state_dict(tensors, strict=not prefix_only)
