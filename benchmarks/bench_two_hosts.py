@@ -216,14 +216,18 @@ def node_cmd(executable: str, params: dict, log_dir: Path) -> list[str]:
     return NodeProcess(executable, params=params, log_dir=log_dir).command()
 
 
+def due_index(chunk: dict, t_ns: int) -> int:
+    return int(np.floor((t_ns - chunk["first"]) / (chunk["dt"] * 1e9) + 1e-6))
+
+
 def due_row(chunk: dict, t_ns: int) -> np.ndarray | None:
-    index = int(np.floor((t_ns - chunk["first"]) / (chunk["dt"] * 1e9) + 1e-6))
+    index = due_index(chunk, t_ns)
     rows = np.asarray(chunk["actions"]).reshape(-1, chunk["dim"])
     return rows[index] if 0 <= index < len(rows) else None
 
 
 def explain_miss(cmd: dict, current: list[dict], chunks: list[dict], phases,
-                 unobserved: list[tuple[float, str]]) -> str:
+                 unobserved: list[float]) -> str:
     """Why a command is no due row of the two newest chunks the observer had: which chunk it matches."""
     phase = next((name for name, start, end in phases if start <= cmd["mono"] < end), "outside the phases")
 
@@ -241,12 +245,11 @@ def explain_miss(cmd: dict, current: list[dict], chunks: list[dict], phases,
         rows = np.asarray(c["actions"]).reshape(-1, c["dim"])
         hit = [i for i, r in enumerate(rows) if np.allclose(r, cmd["position"], atol=1e-5)]
         if hit:
-            due = int(np.floor((cmd["stamp"] - c["first"]) / (c["dt"] * 1e9) + 1e-6))
-            return f"another row of a received chunk (row {hit[0]} where {due} was due; {phase})"
+            return f"another row of a received chunk (row {hit[0]} where {due_index(c, cmd['stamp'])} was due; {phase})"
     # The policy's chunk writer is reliable with depth 1 (only the newest chunk is worth resending): a reader
     # that lost a chunk on the link gets the next one instead, so the controller and the observer can each
     # miss a chunk the other executed or saw.
-    if any(abs(mono - cmd["mono"]) <= 0.25 for mono, _ in unobserved):
+    if any(abs(mono - cmd["mono"]) <= 0.25 for mono in unobserved):
         return f"executed while the controller ran a chunk the observer never received ({phase})"
     return f"no row of any chunk ({phase})"
 
@@ -276,9 +279,9 @@ def analyse(events: list[dict], phases: list[tuple[str, float, float]]) -> str:
     executed_ages = [(by_key[k]["now"] - by_key[k]["stamp"]) * 1e-9 for k in executed if k in by_key]
     aligned = checked = 0
     misses: dict[str, int] = {}  # what each command that is not aligned was instead
-    # (monotonic time, chunk id) of the controller executing a chunk that never reached the observer
+    # when the controller reported executing a chunk that never reached the observer
     observed = {(c["run"], c["id"]) for c in chunks}
-    unobserved = [(st["mono"], st["chunk_id"]) for st in status
+    unobserved = [st["mono"] for st in status
                   if st["state"] == "running" and (st.get("run_id"), int(st["chunk_id"])) not in observed]
     for cmd in commands:
         current = sorted((c for c in chunks if c["first"] <= cmd["stamp"] and c["now"] <= cmd["now"]),

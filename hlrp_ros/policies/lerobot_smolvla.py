@@ -433,7 +433,7 @@ def convert_state_dict(tensors: dict[str, Tensor], expected: dict[str, Tensor], 
     Raises:
         LeRobotCheckpointError: Unknown, missing or mis-shaped tensors, each named.
     """
-    problems = tensor_problems(expected, tensors, extra="unknown", limit=len(tensors) + len(expected))
+    problems = tensor_problems(expected, tensors, extra="unknown", limit=None)
     if problems:
         raise LeRobotCheckpointError(f"{source}: " + "; ".join(problems))
     return {key: tensors[key] for key in expected}

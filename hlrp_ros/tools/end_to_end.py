@@ -30,9 +30,10 @@ logger = logging.getLogger("end_to_end")
 def stage_record(args: argparse.Namespace, dataset: Path) -> dict:
     from hlrp_ros.tools import record_demo
 
-    missing = args.episodes - record_demo.recorded_episodes(dataset)
+    held = record_demo.recorded_episodes(dataset)
+    missing = args.episodes - held
     if missing <= 0:
-        return {"skipped": f"{dataset} holds {record_demo.recorded_episodes(dataset)} episodes"}
+        return {"skipped": f"{dataset} holds {held} episodes"}
     if record_demo.main(["--episodes", str(missing), "--out", str(dataset), "--seed", str(args.seed)]) != 0:
         raise RuntimeError("recording failed")
     return {"episodes": record_demo.recorded_episodes(dataset)}

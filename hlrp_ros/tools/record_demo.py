@@ -118,10 +118,18 @@ class ExpertDriver:
             self.driver.spin_for(0.1)
 
 
+def dataset_totals(dataset: Path) -> tuple[int, int]:
+    """(episodes, frames) saved in ``dataset`` by its ``meta/info.json`` ((0, 0) when it does not exist yet)."""
+    info = Path(dataset) / "meta" / "info.json"
+    if not info.exists():
+        return 0, 0
+    totals = json.loads(info.read_text())
+    return int(totals["total_episodes"]), int(totals["total_frames"])
+
+
 def recorded_episodes(dataset: Path) -> int:
     """Episodes already saved in ``dataset`` (0 when it does not exist yet)."""
-    info = Path(dataset) / "meta" / "info.json"
-    return int(json.loads(info.read_text())["total_episodes"]) if info.exists() else 0
+    return dataset_totals(dataset)[0]
 
 
 def record(args: argparse.Namespace) -> dict:
@@ -139,8 +147,8 @@ def record(args: argparse.Namespace) -> dict:
                  env=env, log_dir=log_dir)]
     for proc in procs:
         proc.start()
-    saved, discarded, frames, t0 = 0, 0, 0, time.monotonic()
-    first = recorded_episodes(args.out)  # a continued dataset continues the episode plans
+    saved, discarded, t0 = 0, 0, time.monotonic()
+    first, frames_before = dataset_totals(args.out)  # a continued dataset continues the episode plans
     try:
         with joined_graph(env):
             driver = EpisodeDriver("hlrp_demo_expert")
@@ -164,13 +172,11 @@ def record(args: argparse.Namespace) -> dict:
                                                  on_tick=begin, hold=args.hold)
                     expert.driving = False
                     if outcome.success:
-                        ok, message = expert.call("save")
-                        saved += ok
-                        frames += int(message.split(":")[1].split()[0]) if ok else 0
+                        saved += expert.call("save")[0]
                     else:
                         expert.call("discard")
                         discarded += 1
-                    print(f"\repisode {i + 1}/{args.episodes}: {saved} saved, {discarded} discarded, {frames} frames "
+                    print(f"\repisode {i + 1}/{args.episodes}: {saved} saved, {discarded} discarded "
                           f"({time.monotonic() - t0:.0f} s)   ", end="", flush=True)
                 print()
             finally:
@@ -178,7 +184,8 @@ def record(args: argparse.Namespace) -> dict:
     finally:
         codes = shut_down(procs)
         logger.info("node exit codes: %s (logs in %s)", codes, log_dir)
-    return {"episodes_saved": saved, "episodes_discarded": discarded, "frames": frames,
+    return {"episodes_saved": saved, "episodes_discarded": discarded,
+            "frames": dataset_totals(args.out)[1] - frames_before,
             "seconds": round(time.monotonic() - t0, 1), "fps": args.fps, "seed": args.seed, "out": str(args.out)}
 
 

@@ -8,12 +8,14 @@ import torch
 from torch import Tensor
 
 
-def _listed(keys: list[str], limit: int) -> str:
-    return f"{keys[:limit]}{' ...' if len(keys) > limit else ''}"
+def _listed(keys: list[str], limit: int | None) -> str:
+    if limit is None or len(keys) <= limit:
+        return f"{keys}"
+    return f"{keys[:limit]} ..."
 
 
 def tensor_problems(expected: Mapping[str, Tensor], tensors: Mapping[str, Tensor], *, extra: str = "unexpected",
-                    check_finite: bool = False, limit: int = 10) -> list[str]:
+                    check_finite: bool = False, limit: int | None = 10) -> list[str]:
     """What keeps ``tensors`` from loading strictly into a model whose ``state_dict()`` is ``expected``.
 
     Args:
@@ -21,7 +23,7 @@ def tensor_problems(expected: Mapping[str, Tensor], tensors: Mapping[str, Tensor
         tensors: The checkpoint's tensors by name.
         extra: The word for a checkpoint tensor the model does not have ("unexpected", "unknown").
         check_finite: Also name floating-point tensors holding NaN or infinity (a corrupted file).
-        limit: Names listed per kind of problem.
+        limit: Names listed per kind of problem (None: every one).
 
     Returns:
         One sentence per problem ("missing tensor(s) [...]", "tensor 'x' has shape (2,), model expects (3,)"),
