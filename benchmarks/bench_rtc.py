@@ -1,14 +1,16 @@
-"""Chunk seams over ROS 2 in the demo world: switching vs blending vs guided real-time chunking.
+"""Chunk seams over ROS 2 in the demo world: switching vs blending vs guided vs conditioned real-time chunking.
 
     python benchmarks/bench_rtc.py --episodes 20 --delays 0 0.2 0.4 0.6 --json docs/rtc_bench.json \\
         --plot docs/rtc_seams.png
+    python benchmarks/bench_rtc.py --modes switch conditioned --conditioned-checkpoint RUN/final
     python benchmarks/bench_rtc.py --cost-only          # chunk time with / without guidance (CPU)
 
 For every extra inference delay (policy_node ``extra_inference_delay``, evaluation only) and mode, the
 demo world, policy_node (shipped checkpoint) and controller_node are brought up as processes and the
 ``train`` episodes of ``hlrp_ros.tools.evaluate`` are driven. Modes: ``switch`` (today: the controller
 switches at the due index), ``blend`` (controller ``blend_time``), ``guided`` (policy_node
-``rtc_mode: guided``). All modes publish the whole chunk (``n_action_steps`` = chunk size) so that the
+``rtc_mode: guided``), ``conditioned`` (``rtc_mode: conditioned`` with ``--conditioned-checkpoint``, a model
+trained with ``train --rtc-max-delay``). All modes publish the whole chunk (``n_action_steps`` = chunk size) so that the
 previous chunk still covers the arrival of the next at the largest delay. Recorded: every ActionChunk with
 its arrival time and the controller's commanded positions (``/joint_command``); reported: the target gap
 and the commanded jump at each chunk switch, RMS jerk (``hlrp_ros.tools.seam_metrics``), seam-guard
@@ -29,13 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
-MODES = ("switch", "blend", "guided")
+MODES = ("switch", "blend", "guided", "conditioned")
 
 
 def mode_params(mode: str, delay: float, blend_time: float, chunk: int, beta: float) -> tuple[dict, dict]:
     """(policy_node, controller_node) parameters of one condition."""
     policy = {"extra_inference_delay": float(delay), "n_action_steps": chunk, "rtc_beta": float(beta),
-              "rtc_mode": "guided" if mode == "guided" else "off"}
+              "rtc_mode": mode if mode in ("guided", "conditioned") else "off"}
     controller = {"blend_time": float(blend_time) if mode == "blend" else 0.0}
     return policy, controller
 
@@ -230,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--delays", type=float, nargs="+", default=[0.0, 0.2, 0.4, 0.6])
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--modes", nargs="+", default=["switch", "blend", "guided"], choices=MODES)
     parser.add_argument("--blend-time", type=float, default=0.2, help="controller blend_time of the blend mode (s)")
     parser.add_argument("--chunk", type=int, default=16, help="n_action_steps of every mode")
     parser.add_argument("--beta", type=float, default=5.0, help="policy_node rtc_beta of the guided mode")
@@ -241,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--ready-timeout", type=float, default=120.0)
     parser.add_argument("--checkpoint", type=Path, default=None)
+    parser.add_argument("--conditioned-checkpoint", type=Path, default=None,
+                        help="checkpoint of the conditioned mode (trained with --rtc-max-delay)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--plot", type=Path, default=None, help="PNG: switch vs guided traces at --plot-delay")
     parser.add_argument("--plot-delay", type=float, default=0.4)
@@ -259,10 +263,13 @@ def main(argv: list[str] | None = None) -> int:
         from hlrp_ros.tools.closed_loop import default_checkpoint
 
         checkpoint = args.checkpoint or default_checkpoint()
+        if "conditioned" in args.modes and args.conditioned_checkpoint is None:
+            parser.error("--modes conditioned needs --conditioned-checkpoint")
         results = []
         for delay in args.delays:
             for mode in args.modes:
-                res = run_condition(args, mode, delay, checkpoint)
+                res = run_condition(args, mode, delay, args.conditioned_checkpoint if mode == "conditioned"
+                                    else checkpoint)
                 results.append(res)
                 g, j = res["target_gap"], res["commanded_jump"]
                 print(f"  {mode:6s} +{delay:.1f} s: gap mean {g['mean']:.3f} p95 {g['p95']:.3f} max {g['max']:.3f} "

@@ -11,6 +11,7 @@ from model_fixtures import fixed_noise, make_observation, tiny_policy, torch_sin
 
 from hlrp_ros.policies.common import realtime_chunking as rtc
 from hlrp_ros.policies.common.realtime_chunking import ChunkGuide
+from hlrp_ros.policies.hlrp.modeling_hlrp import pad_vector
 from hlrp_ros.policies.pi0 import PI0Policy
 from hlrp_ros.policies.pi0 import make_config as pi0_config
 
@@ -185,3 +186,100 @@ def test_a_batched_prefix_is_guided_row_by_row(hlrp):
     assert torch.allclose(out[:, :3], due[:, :3], atol=0.05)
     with pytest.raises(ValueError, match="batch of 3"):
         hlrp.sample_chunk(prefix, guide=ChunkGuide(torch.zeros(3, 6, 2), 3, 2))
+
+
+# --- real-time chunking by conditioning (a model trained to continue a chunk prefix) -----------------------
+
+
+@pytest.fixture(scope="module")
+def conditioned_hlrp():
+    pol = tiny_policy(0, rtc_max_delay=5)
+    pol.set_normalization_stats(action=ACTION_STATS)
+    return pol
+
+
+def test_conditioned_first_d_actions_are_the_previous_chunks_due_actions_exactly(conditioned_hlrp):
+    policy = conditioned_hlrp
+    due = policy.sample_chunk(policy.encode_prefix(make_observation(0)), noise=fixed_noise(policy, 1))[3:]
+    prefix = policy.encode_prefix(make_observation(1))
+    chunk = policy.sample_chunk(prefix, noise=fixed_noise(policy, 2),
+                                guide=ChunkGuide(due, delay=4, execution_horizon=3, method="conditioned"))
+    assert torch.allclose(chunk[:4], due[:4], atol=1e-5)
+    assert not torch.allclose(chunk[4:len(due)], due[4:], atol=1e-2), "the rest is sampled, not copied"
+
+
+def test_conditioning_gives_at_most_the_trained_prefix_length_and_the_rows_the_guide_has(conditioned_hlrp):
+    policy = conditioned_hlrp
+    prefix = policy.encode_prefix(make_observation(1))
+    due = torch.full((policy.config.chunk_size, 2), 0.3)
+
+    def given_rows(delay: int, rows: int) -> int:
+        chunk = policy.sample_chunk(prefix, noise=fixed_noise(policy, 2),
+                                    guide=ChunkGuide(due[:rows], delay, 3, method="conditioned"))
+        return int((chunk - 0.3).abs().amax(dim=1).lt(1e-5).int().cumprod(0).sum())
+
+    assert given_rows(8, len(due)) == 5  # rtc_max_delay = 5
+    assert given_rows(4, 2) == 2
+    assert given_rows(0, len(due)) == 0
+
+
+def test_conditioning_with_no_given_actions_is_the_unguided_chunk(conditioned_hlrp):
+    policy = conditioned_hlrp
+    prefix = policy.encode_prefix(make_observation(1))
+    plain = policy.sample_chunk(prefix, noise=fixed_noise(policy, 2))
+    given_none = policy.sample_chunk(prefix, noise=fixed_noise(policy, 2),
+                                     guide=ChunkGuide(torch.zeros(4, 2), 0, 3, method="conditioned"))
+    assert torch.allclose(given_none, plain, atol=1e-6)
+
+
+def test_only_a_model_trained_to_continue_a_prefix_accepts_a_conditioned_guide(hlrp, pi0):
+    guide = ChunkGuide(torch.zeros(4, 2), 2, 3, method="conditioned")
+    for policy, observe in ((hlrp, make_observation), (pi0, pi0_observation)):
+        assert not policy.supports_conditioning
+        with pytest.raises(ValueError, match="trained to continue a chunk prefix"):
+            policy.sample_chunk(policy.encode_prefix(observe(1)), guide=guide)
+    with pytest.raises(ValueError, match="method must be one of"):
+        ChunkGuide(torch.zeros(4, 2), 2, 3, method="inpaint")
+
+
+def training_batch(policy, n: int = 3):
+    actions = torch.randn(n, policy.config.chunk_size, 2, generator=torch.Generator().manual_seed(5))
+    return policy.processor.collate([make_observation(i) for i in range(n)], actions)
+
+
+def test_training_gives_the_first_d_actions_clean_and_leaves_them_out_of_the_loss(conditioned_hlrp):
+    policy = conditioned_hlrp
+    model, cfg = policy.model, policy.config
+    batch = training_batch(policy)
+    images = [batch["images"][:, 0]]
+    masks = [batch["image_masks"][:, 0]]
+    actions = policy.normalize_action(batch["actions"])
+    given = torch.zeros(3, cfg.chunk_size, dtype=torch.bool)
+    given[:, :4] = True
+    noise = fixed_noise(policy, 3, batch=3)
+    time = torch.full((3,), 0.7)
+    args = (images, masks, batch["lang_tokens"], batch["lang_masks"], torch.zeros(3, cfg.max_state_dim), actions)
+    with torch.no_grad():
+        losses = model(*args, noise=noise, time=time, given=given)
+        other = noise.clone()
+        other[:, :4] = 9.0  # the noise of given actions is never seen
+        assert torch.equal(model(*args, noise=other, time=time, given=given)[:, 4:], losses[:, 4:])
+        assert not torch.equal(model(*args, noise=noise, time=time)[:, 4:], losses[:, 4:])
+    # compute_loss draws d per sample and averages over the actions not given
+    replay = torch.Generator().manual_seed(11)
+    drawn = policy._draw_given_prefix(3, replay)
+    assert drawn.shape == (3, cfg.chunk_size) and int(drawn.sum(1).max()) <= cfg.rtc_max_delay
+    with torch.no_grad():
+        total = policy.compute_loss(batch, generator=torch.Generator().manual_seed(11))
+        state = pad_vector(policy.normalize_state(batch["state"]), cfg.max_state_dim)
+        per_action = model(*args[:4], state, actions, generator=replay, given=drawn)
+    keep = (~drawn)[..., None].float()
+    assert torch.allclose(total, (per_action * keep).sum() / (keep.sum() * 2), atol=1e-6)
+
+
+def test_a_time_per_action_equal_for_all_actions_is_the_shared_time_embedding(conditioned_hlrp):
+    model, cfg = conditioned_hlrp.model, conditioned_hlrp.config
+    x = fixed_noise(conditioned_hlrp, 4, batch=2)
+    shared, _, _ = model.embed_suffix(x, torch.tensor([0.3, 0.8]))
+    per_action, _, _ = model.embed_suffix(x, torch.tensor([[0.3] * cfg.chunk_size, [0.8] * cfg.chunk_size]))
+    assert torch.allclose(shared, per_action, atol=1e-6)

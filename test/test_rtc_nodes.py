@@ -34,6 +34,13 @@ def checkpoint(tmp_path_factory):
     return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"), num_steps=4, chunk_size=16, n_action_steps=16)
 
 
+@pytest.fixture(scope="module")
+def conditioned_checkpoint(tmp_path_factory):
+    # Marked as trained to continue chunk prefixes of up to 8 actions (rtc_max_delay); random weights.
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt_cond"), num_steps=4, chunk_size=16, n_action_steps=16,
+                                rtc_max_delay=8)
+
+
 def in_process_policy(context, checkpoint, name: str, **params):
     from rclpy.parameter import Parameter
 
@@ -90,11 +97,37 @@ def test_policy_node_guides_a_chunk_onto_the_actions_its_previous_chunk_has_due(
         plain.destroy_node()
 
 
+def test_policy_node_hands_a_conditioned_model_the_actions_its_previous_chunk_has_due(conditioned_checkpoint,
+                                                                                       rclpy_context):
+    node = in_process_policy(rclpy_context, conditioned_checkpoint, "policy_rtc_conditioned", rtc_mode="conditioned")
+    try:
+        feed(node, 1)
+        assert node.infer_once()
+        first = node.seams.previous
+        feed(node, 2)
+        assert node.infer_once()
+        second = node.seams.previous
+        due = due_actions(first, second.first_action_ns, second.dt, 16)
+        # d = 3 (rtc_fixed_delay_steps) and the row the controller interpolates towards on arrival: 4 rows
+        assert np.max(np.abs(second.actions[:4] - due[:4])) < 1e-4
+        assert np.max(np.abs(second.actions[4:8] - due[4:8])) > 0.05
+        assert node.seams.counts["guided"] == 1 and node._rtc_values()["rtc.mode"] == "conditioned"
+    finally:
+        node.destroy_node()
+
+
 def test_guided_mode_on_an_unknown_value_exits_naming_the_parameter(node_process, checkpoint):
     proc = node_process("policy_node", params={"checkpoint": str(checkpoint), "rtc_mode": "blend",
                                                "camera_names": ["top"], "camera_topics": ["/rtc_test/top"]})
     assert proc.wait(timeout=STARTUP_TIMEOUT) not in (None, 0), proc.output()
     assert "invalid parameter 'rtc_mode'" in proc.output()
+
+
+def test_conditioned_mode_on_a_model_not_trained_for_it_exits_naming_the_parameter(node_process, checkpoint):
+    proc = node_process("policy_node", params={"checkpoint": str(checkpoint), "rtc_mode": "conditioned",
+                                               "camera_names": ["top"], "camera_topics": ["/rtc_test/top"]})
+    assert proc.wait(timeout=STARTUP_TIMEOUT) not in (None, 0), proc.output()
+    assert "invalid parameter 'rtc_mode'" in proc.output() and "rtc_max_delay" in proc.output()
 
 
 class SeamWatcher:
@@ -186,10 +219,13 @@ def seam_departures(node_process, checkpoint, rtc_mode: str, seams: int = 6) -> 
 
 
 @pytest.mark.slow
-def test_with_an_injected_delay_guided_seams_stay_small_where_switching_jumps(node_process, checkpoint):
+def test_with_an_injected_delay_guided_and_conditioned_seams_stay_small_where_switching_jumps(
+        node_process, checkpoint, conditioned_checkpoint):
     # 0.3 s of extra inference delay: ~3 actions of every new chunk are already due when it lands.
     switching = seam_departures(node_process, checkpoint, "off")
     guided = seam_departures(node_process, checkpoint, "guided")
+    conditioned = seam_departures(node_process, conditioned_checkpoint, "conditioned")
     bound = 0.25 * float(np.median(switching))
     assert np.median(switching) > 0.3, switching  # random weights: plain switching jumps
     assert np.median(guided) < bound, (guided, switching)
+    assert np.median(conditioned) < bound, (conditioned, switching)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-RTC_MODES = ("off", "guided")
+RTC_MODES = ("off", "guided", "conditioned")
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,8 @@ class RtcConfig:
     """Real-time chunking in the policy node (the ``rtc_*`` parameters).
 
     Attributes:
-        mode: ``off`` (every chunk from fresh noise) or ``guided`` (inpainted onto the previous one).
+        mode: ``off`` (every chunk from fresh noise), ``guided`` (inpainted onto the previous one) or
+            ``conditioned`` (the previous one's due actions handed to a model trained to continue them).
         beta: Guidance weight clip (the paper's beta).
         execution_horizon: ``s`` in action steps; 0: ``round(inference_period / action_period)``, the steps
             executed from a chunk before the next one replaces it.

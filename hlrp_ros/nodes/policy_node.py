@@ -111,8 +111,9 @@ PARAMS = (
               "freed memory in the process (no page faults at steady state; the process keeps its peak memory). "
               "Huge pages need torch not yet imported in this process (else set THP_MEM_ALLOC_ENABLE=1)."),
     ParamSpec("diagnostics_period", 1.0, "Seconds between /diagnostics messages.", minimum=0.05, maximum=60.0),
-    ParamSpec("rtc_mode", "off", "Real-time chunking: off (each chunk from fresh noise) or guided (each chunk "
-              "inpainted onto the actions the previous one still has due; flow-matching families).",
+    ParamSpec("rtc_mode", "off", "Real-time chunking: off (each chunk from fresh noise), guided (each chunk "
+              "inpainted onto the actions the previous one still has due; flow-matching families) or conditioned "
+              "(those actions handed to a model trained to continue them: HLRP with rtc_max_delay > 0).",
               choices=RTC_MODES, fixed_because="it is checked against the loaded policy family at start-up"),
     ParamSpec("rtc_beta", 5.0, "Real-time chunking: clip of the guidance weight (the paper's beta).",
               minimum=0.01, maximum=1000.0, read_only=False),
@@ -289,6 +290,9 @@ class PolicyNode(Node):
         if p["rtc_mode"] != "off" and not getattr(self.policy, "supports_guidance", False):
             raise ParameterError("rtc_mode", f"{p['rtc_mode']!r} needs a flow-matching policy; "
                                              f"{type(self.policy).__name__} samples unguided only (use off)")
+        if p["rtc_mode"] == "conditioned" and not getattr(self.policy, "supports_conditioning", False):
+            raise ParameterError("rtc_mode", "'conditioned' needs a model trained to continue a chunk prefix "
+                                             "(HLRP trained with rtc_max_delay > 0); this one was not (use guided)")
         config = RtcConfig(mode=p["rtc_mode"], beta=p["rtc_beta"], execution_horizon=p["rtc_execution_horizon"],
                            delay_window=p["rtc_delay_window"], delay_quantile=p["rtc_delay_quantile"],
                            delay_warmup=p["rtc_delay_warmup"], fixed_delay_steps=p["rtc_fixed_delay_steps"])
@@ -614,7 +618,7 @@ class PolicyNode(Node):
         return now_ns + int(self.params["first_action_delay"] * 1e9)
 
     def _sample_chunk(self, prefix, now_ns: int, instruction: str):
-        """``sample_chunk``, guided by the previous chunk's due actions when ``rtc_mode`` is guided."""
+        """``sample_chunk``, continuing the previous chunk's due actions when ``rtc_mode`` is not off."""
         p = self.params
         plan = self.seams.plan(p["rtc_mode"], self._first_action_ns(now_ns), p["action_period"],
                                p["first_action_delay"], instruction)
@@ -624,8 +628,13 @@ class PolicyNode(Node):
 
         from hlrp_ros.policies.common.realtime_chunking import ChunkGuide
 
-        guide = ChunkGuide(torch.from_numpy(plan.due.astype(np.float32)), delay=plan.delay,
-                           execution_horizon=plan.execution_horizon, beta=p["rtc_beta"])
+        delay = plan.delay
+        if p["rtc_mode"] == "conditioned":
+            # The controller interpolates between rows: arriving between index d - 1 and d it already moves
+            # towards row d, so that row is given too (guidance reaches it through the soft mask instead).
+            delay = min(delay + 1, self.policy.config.chunk_size)
+        guide = ChunkGuide(torch.from_numpy(plan.due.astype(np.float32)), delay=delay,
+                           execution_horizon=plan.execution_horizon, beta=p["rtc_beta"], method=p["rtc_mode"])
         return self.policy.sample_chunk(prefix, num_steps=self.num_steps, generator=self.generator, guide=guide)
 
     def _extra_delay(self) -> None:

@@ -88,6 +88,10 @@ class ActionExpert(abc.ABC):
     #: real-time chunking, for the flow-matching families. The others sample unguided only.
     supports_guidance: bool = False
 
+    #: Whether ``sample_chunk`` also takes a ``guide`` with ``method="conditioned"``: a model trained to
+    #: continue a given chunk prefix (real-time chunking without guidance).
+    supports_conditioning: bool = False
+
     @abc.abstractmethod
     def encode_prefix(self, observation: Observation) -> Any:
         """Encodes the observation once per chunk (e.g. the VLM key/value cache)."""

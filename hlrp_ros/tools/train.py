@@ -50,14 +50,16 @@ BLIND_INSTRUCTION = "reach the target"
 
 
 def build_policy(chunk_size: int, n_action_steps: int, image_size: int,
-                 joint_names: list[str] | None = None, words: list[str] | None = None) -> HLRPPolicy:
+                 joint_names: list[str] | None = None, words: list[str] | None = None,
+                 rtc_max_delay: int = 0) -> HLRPPolicy:
     """The demo model: the ``tiny`` preset sized for the 3-joint arm (or ``joint_names``), fixed 2D sin-cos
-    vision positions; the tiny tokenizer's default vocabulary, or ``words``."""
+    vision positions; the tiny tokenizer's default vocabulary, or ``words``; ``rtc_max_delay``: trained to
+    continue chunk prefixes of up to that many actions (real-time chunking by conditioning)."""
     joint_names = list(joint_names) if joint_names else list(ArmSpec().joint_names)
     config = make_config(
         "tiny", state_dim=len(joint_names), action_dim=len(joint_names), joint_names=joint_names,
         image_size=(image_size, image_size), chunk_size=chunk_size, n_action_steps=n_action_steps,
-        num_steps=10, vision_sincos_pos_embed=True, freeze_vision_pos_embed=True,
+        num_steps=10, vision_sincos_pos_embed=True, freeze_vision_pos_embed=True, rtc_max_delay=rtc_max_delay,
     )
     tokenizer = None
     if words is not None:
@@ -219,11 +221,12 @@ def train(args: argparse.Namespace) -> Path:
     joint_names = [str(n) for n in data["joint_names"]] if "joint_names" in data else None
     if args.policy == "hlrp":
         words = instruction_words(data["instructions"]) if args.vocabulary == "dataset" else None
-        policy = build_policy(horizon, args.n_action_steps, data["images"].shape[1], joint_names, words)
+        policy = build_policy(horizon, args.n_action_steps, data["images"].shape[1], joint_names, words,
+                              args.rtc_max_delay)
     else:
-        if args.word_dropout or args.random_words or args.vocabulary != "default":
-            raise SystemExit("--word-dropout / --random-words / --vocabulary act on the HLRP tokenizer: "
-                             "--policy hlrp only")
+        if args.word_dropout or args.random_words or args.vocabulary != "default" or args.rtc_max_delay:
+            raise SystemExit("--word-dropout / --random-words / --vocabulary / --rtc-max-delay act on the HLRP "
+                             "model: --policy hlrp only")
         policy = build_family_policy(args.policy, horizon, args.n_action_steps, data["images"].shape[1],
                                      joint_names or list(ArmSpec().joint_names), "top", args.n_obs_steps,
                                      language=not args.blind)
@@ -260,7 +263,7 @@ def train(args: argparse.Namespace) -> Path:
         history[-1] = f"{history[-1]}  # until step {start}"
     info = {"command": command, "history": [*history, command],
             "seed": args.seed, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "ema": args.ema,
-            "word_dropout": args.word_dropout, "random_words": args.random_words,
+            "word_dropout": args.word_dropout, "random_words": args.random_words, "rtc_max_delay": args.rtc_max_delay,
             "init_from": None if args.init_from is None else str(args.init_from),
             "policy": args.policy, "n_obs_steps": args.n_obs_steps, "blind": args.blind, "dataset": str(args.dataset or args.data), "dataset_meta": str(data.get("meta", [""])[0]),
             "parameters": n_params}
@@ -334,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="probability of replacing a non-colour word with <unk> / inserting one (see Batcher)")
     parser.add_argument("--random-words", type=float, default=0.0,
                         help="probability of replacing a non-colour word with / inserting a random word (see Batcher)")
+    parser.add_argument("--rtc-max-delay", type=int, default=0,
+                        help="real-time chunking by conditioning: give the first d ~ U{0..N} actions of each "
+                             "chunk clean and leave them out of the loss (policy_node rtc_mode: conditioned). 0: off")
     parser.add_argument("--ema", type=float, default=0.0,
                         help="weight-averaging decay (e.g. 0.999); the checkpoint is the average. 0: off")
     args = parser.parse_args(argv)

@@ -38,6 +38,8 @@ from hlrp_ros.policies.common.flow_matching import euler_times
 
 #: The paper's guidance weight clip (``beta = 5`` in its experiments).
 DEFAULT_BETA = 5.0
+#: How a chunk is made to continue the previous one: inference-time guidance or a trained conditioning.
+GUIDE_METHODS = ("guided", "conditioned")
 
 
 @dataclass(frozen=True)
@@ -52,12 +54,15 @@ class ChunkGuide:
         execution_horizon: ``s``, the steps executed from a chunk before the next one replaces it; the
             last ``s`` steps of the new chunk are left free.
         beta: Clip of the guidance weight (the paper's ``beta``).
+        method: ``guided`` (the paper's inference-time guidance) or ``conditioned`` (the first ``d`` actions
+            handed to a model trained to continue them, see ``HLRPConfig.rtc_max_delay``; no guidance).
     """
 
     actions: Tensor
     delay: int
     execution_horizon: int
     beta: float = DEFAULT_BETA
+    method: str = "guided"
 
     def __post_init__(self) -> None:
         if self.actions.ndim not in (2, 3) or self.actions.shape[-2] < 1:
@@ -71,9 +76,15 @@ class ChunkGuide:
             raise ValueError(f"execution horizon s must be >= 0 action steps, got {self.execution_horizon}")
         if not (math.isfinite(self.beta) and self.beta > 0):
             raise ValueError(f"beta must be a finite number > 0, got {self.beta}")
+        if self.method not in GUIDE_METHODS:
+            raise ValueError(f"method must be one of {GUIDE_METHODS}, got {self.method!r}")
 
-    def check(self, chunk_size: int, action_dim: int, batch_size: int = 1) -> None:
-        """Raises ``ValueError`` when the guide does not fit ``batch_size`` chunks ``(chunk_size, action_dim)``."""
+    def check(self, chunk_size: int, action_dim: int, batch_size: int = 1, can_condition: bool = False) -> None:
+        """Raises ``ValueError`` when the guide does not fit ``batch_size`` chunks ``(chunk_size, action_dim)``
+        of a policy (``can_condition``: trained to continue a chunk prefix)."""
+        if self.method == "conditioned" and not can_condition:
+            raise ValueError("conditioned real-time chunking needs a model trained to continue a chunk prefix "
+                             "(HLRP with rtc_max_delay > 0); use method 'guided'")
         n, dim = self.actions.shape[-2:]
         if self.actions.ndim == 3 and self.actions.shape[0] not in (1, batch_size):
             raise ValueError(f"guide actions are for a batch of {self.actions.shape[0]}, the prefix holds {batch_size}")

@@ -58,6 +58,10 @@ class HLRPConfig:
     n_action_steps: int = 50
     # Number of Euler integration steps from t=1 (noise) to t=0 (actions).
     num_steps: int = 10
+    # Real-time chunking by conditioning: in training, the first ``d ~ U{0..rtc_max_delay}`` actions of a
+    # chunk are given clean (time 0) and left out of the loss, so at inference the policy continues a
+    # chunk prefix it is handed (action steps; 0: not trained so, only guidance can continue a chunk).
+    rtc_max_delay: int = 0
     # Sine-cosine time embedding: smallest and largest period (time units, t in [0, 1]).
     min_period: float = 4e-3
     max_period: float = 4.0
@@ -155,6 +159,8 @@ class HLRPConfig:
             )
         if self.num_steps < 1:
             errors.append(f"num_steps must be >= 1, got {self.num_steps}")
+        if not 0 <= self.rtc_max_delay < self.chunk_size:
+            errors.append(f"need 0 <= rtc_max_delay < chunk_size (got {self.rtc_max_delay}, {self.chunk_size})")
         if not 0 < self.min_period < self.max_period:
             errors.append(f"need 0 < min_period < max_period (got {self.min_period}, {self.max_period})")
         if self.tokenizer_max_length < 1:

@@ -132,6 +132,12 @@ class PrefixCache:
     truncated: bool = False
 
 
+def prefix_mask(batch_size: int, chunk_size: int, delay: int | Tensor, device: torch.device | str = "cpu") -> Tensor:
+    """``(B, C)`` bool, True for the first ``delay`` actions of each chunk (``delay``: int or ``(B,)``)."""
+    delay = torch.as_tensor(delay, device=device).reshape(-1, 1)
+    return (torch.arange(chunk_size, device=device)[None] < delay).expand(batch_size, -1)
+
+
 def _release_graph(cache: object) -> None:
     """Detaches, in place, the cache tensors a guided step wrote autograd history into.
 
@@ -284,7 +290,7 @@ class VLAFlowMatching(nn.Module):
 
         Args:
             noisy_actions: ``(B, C, max_action_dim)``.
-            timestep: ``(B,)`` float32.
+            timestep: ``(B,)`` float32, or ``(B, C)`` for a time per action (a chunk prefix given clean).
 
         Returns:
             ``(embs (B, C, expert_hidden), pad_masks (B, C), att_masks (B, C))`` (every action token starts a block).
@@ -292,9 +298,13 @@ class VLAFlowMatching(nn.Module):
         action_emb = self.action_in_proj(noisy_actions.to(self.action_in_proj.weight.dtype))
         bsize, c_len = action_emb.shape[:2]
         time_emb = create_sinusoidal_pos_embedding(
-            timestep, self.vlm_with_expert.expert_hidden_size, self.config.min_period, self.config.max_period
+            timestep.reshape(-1), self.vlm_with_expert.expert_hidden_size, self.config.min_period,
+            self.config.max_period,
         ).type(dtype=action_emb.dtype)
-        time_emb = time_emb[:, None, :].expand_as(action_emb)
+        if timestep.ndim == 2:
+            time_emb = time_emb.reshape(bsize, c_len, -1)
+        else:
+            time_emb = time_emb[:, None, :].expand_as(action_emb)
         lin = self.vlm_with_expert.linear  # prepacked at inference, the modules themselves in training
         x = lin(self.action_time_mlp_in, torch.cat([action_emb, time_emb], dim=2), act="silu")
         x = lin(self.action_time_mlp_out, x)
@@ -389,6 +399,43 @@ class VLAFlowMatching(nn.Module):
         finally:
             _release_graph(prefix.expert_cache)
 
+    def sample_conditioned_from_prefix(
+        self,
+        prefix: PrefixCache,
+        target: Tensor,
+        delay: int,
+        noise: Tensor | None = None,
+        num_steps: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Real-time chunking by conditioning: the first ``delay`` actions are ``target``'s, given clean.
+
+        For models trained with ``rtc_max_delay`` > 0: those actions enter every step at time 0 (data), as
+        in training, and only the rest of the chunk is integrated from noise. No gradient is needed.
+
+        Args:
+            prefix: The chunk's cache.
+            target: ``(B or 1, C, max_action_dim)`` normalised actions; rows ``< delay`` are used.
+            delay: Number of leading actions given.
+
+        Returns:
+            Normalised ``(B, C, max_action_dim)``, its first ``delay`` rows equal to ``target``'s.
+        """
+        device = prefix.prefix_pad_masks.device
+        x = self._noise(prefix.batch_size, device, noise, generator)
+        given = prefix_mask(prefix.batch_size, self.config.chunk_size, delay, device)
+        target = target.to(device).expand_as(x)
+
+        def velocity(x_t: Tensor, t: float) -> Tensor:
+            x_t = torch.where(given[..., None], target, x_t)
+            timestep = torch.where(given, 0.0, t).to(torch.float32)
+            v = self.denoise_step(prefix, x_t, timestep)
+            return torch.where(given[..., None], 0.0, v)
+
+        x = flow_matching.euler_integrate(velocity, torch.where(given[..., None], target, x),
+                                          num_steps or self.config.num_steps)
+        return torch.where(given[..., None], target, x)
+
     def sample_actions(
         self,
         images: list[Tensor],
@@ -456,16 +503,22 @@ class VLAFlowMatching(nn.Module):
         abstract_tokens: Tensor | None = None,
         abstract_masks: Tensor | None = None,
         generator: torch.Generator | None = None,
+        given: Tensor | None = None,
     ) -> Tensor:
         """Flow-matching losses ``(B, C, max_action_dim)``: ``(v(x_t, t) - (noise - actions))**2``.
 
         ``x_t = t * noise + (1 - t) * actions`` with ``t ~ Beta(1.5, 1) * 0.999 + 0.001`` unless given.
+        ``given``: optional ``(B, C)`` bool, actions handed to the model clean (time 0), as a chunk prefix
+        is at inference with real-time chunking by conditioning; the caller leaves them out of the loss.
         """
         if noise is None:
             noise = flow_matching.sample_noise(tuple(actions.shape), device=actions.device, generator=generator)
         if time is None:
             time = flow_matching.sample_time(actions.shape[0], device=actions.device, generator=generator)
         x_t, u_t = flow_matching.interpolate(actions, noise, time)
+        if given is not None:
+            x_t = torch.where(given[..., None], actions, x_t)
+            time = torch.where(given, 0.0, time[:, None]).to(torch.float32)
         embs, pad, att = self.embed_prefix(images, img_masks, lang_tokens, lang_masks, state, abstract_tokens, abstract_masks)
         suffix, s_pad, s_att = self.embed_suffix(x_t, time)
         v_t = self._velocity(self._joint(embs, pad, att, suffix, s_pad, s_att))
@@ -626,15 +679,34 @@ class HLRPPolicy(nn.Module, ActionExpert):
         if guide is None:
             actions = self.model.sample_from_prefix(prefix, noise=noise, num_steps=num_steps, generator=generator)
         else:
-            guide.check(self.config.chunk_size, self.config.action_dim, prefix.batch_size)
+            guide.check(self.config.chunk_size, self.config.action_dim, prefix.batch_size, self.supports_conditioning)
             target, weights = realtime_chunking.guide_tensors(
                 guide, self.config.chunk_size, self.config.max_action_dim, self.normalize_action, self.device
             )
-            actions = self.model.sample_guided_from_prefix(
-                prefix, target, weights, guide.beta, noise=noise, num_steps=num_steps, generator=generator
-            )
+            if guide.method == "conditioned":
+                actions = self.model.sample_conditioned_from_prefix(
+                    prefix, target, self._conditioned_delay(guide), noise=noise, num_steps=num_steps,
+                    generator=generator,
+                )
+            else:
+                actions = self.model.sample_guided_from_prefix(
+                    prefix, target, weights, guide.beta, noise=noise, num_steps=num_steps, generator=generator
+                )
         actions = self.normalize_action.inverse(actions[..., : self.config.action_dim]).cpu()
         return actions if prefix.batched else actions[0]
+
+    @property
+    def supports_conditioning(self) -> bool:
+        """Whether the model was trained to continue a given chunk prefix (``rtc_max_delay`` > 0)."""
+        return self.config.rtc_max_delay > 0
+
+    def _conditioned_delay(self, guide: ChunkGuide) -> int:
+        """Leading actions given to the model: ``d``, at most the rows the guide has and ``rtc_max_delay``.
+
+        Beyond the trained prefix length the rest is sampled free (continuing the given part); those actions
+        are due before the chunk arrives and are never executed anyway.
+        """
+        return min(guide.delay, guide.actions.shape[-2], self.config.rtc_max_delay)
 
     def reset(self) -> None:
         """Nothing is kept between chunks except the tokenizer cache, which stays valid."""
@@ -661,17 +733,32 @@ class HLRPPolicy(nn.Module, ActionExpert):
         state = pad_vector(self.normalize_state(batch["state"].to(device)), self.config.max_state_dim)
         actions = pad_vector(self.normalize_action(batch["actions"].to(device)), self.config.max_action_dim)
         abstract = batch.get("abstract_tokens")
+        given = self._draw_given_prefix(actions.shape[0], generator)
         losses = self.model(
             images, img_masks, batch["lang_tokens"].to(device), batch["lang_masks"].to(device), state, actions,
             noise=noise, time=time,
             abstract_tokens=None if abstract is None else abstract.to(device),
             abstract_masks=None if abstract is None else batch["abstract_masks"].to(device),
-            generator=generator,
+            generator=generator, given=given,
         )[..., : self.config.action_dim]
-        if "action_is_pad" in batch:
-            keep = (~batch["action_is_pad"].to(device))[..., None].to(losses.dtype)
+        keep = None if "action_is_pad" not in batch else ~batch["action_is_pad"].to(device)
+        if given is not None:
+            keep = ~given if keep is None else keep & ~given
+        if keep is not None:
+            keep = keep[..., None].to(losses.dtype)
             return (losses * keep).sum() / (keep.sum() * losses.shape[-1]).clamp_min(1)
         return losses.mean()
+
+    def _draw_given_prefix(self, batch_size: int, generator: torch.Generator | None) -> Tensor | None:
+        """Training-time real-time chunking: ``d ~ U{0..rtc_max_delay}`` leading actions per sample given clean.
+
+        ``d = 0`` is drawn too, so the model still samples a chunk with nothing to continue (start-up).
+        """
+        if self.config.rtc_max_delay <= 0:
+            return None
+        gen_device = generator.device if generator is not None else "cpu"
+        delay = torch.randint(0, self.config.rtc_max_delay + 1, (batch_size,), generator=generator, device=gen_device)
+        return prefix_mask(batch_size, self.config.chunk_size, delay.to(self.device), self.device)
 
     # --- statistics -----------------------------------------------------------------------------------------
     def set_normalization_stats(
