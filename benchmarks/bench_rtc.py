@@ -105,6 +105,7 @@ def run_condition(args, mode: str, delay: float, checkpoint: Path) -> dict:
     policy_params, controller_params = mode_params(mode, delay, args.blend_time, args.chunk, args.beta)
     procs = bring_up(checkpoint, env, log_dir, policy_params=policy_params, controller_params=controller_params)
     gaps, jumps, jerks, outcomes, traces = [], [], [], [], []
+    uncovered = [0, 0]  # control ticks without a due action, control ticks
     try:
         with joined_graph(env):
             driver = EpisodeDriver()
@@ -123,6 +124,7 @@ def run_condition(args, mode: str, delay: float, checkpoint: Path) -> dict:
                     gaps += sm.target_gaps(chunks)
                     jumps += sm.commanded_jumps(times, positions, switches)
                     jerks.append(sm.jerk_rms(times, positions))
+                    uncovered = [a + b for a, b in zip(uncovered, sm.uncovered_ticks(chunks, times), strict=True)]
                     outcomes.append(outcome)
                     if i < 5:  # a few episodes' commanded paths for the plot
                         traces.append({"times": times.tolist(), "positions": positions.tolist(), "switches": switches})
@@ -140,13 +142,15 @@ def run_condition(args, mode: str, delay: float, checkpoint: Path) -> dict:
             "median_time_to_target_s": float(np.median(times)) if times else None,
             "target_gap": sm.stats(gaps), "commanded_jump": sm.stats(jumps),
             "jerk_rms": float(np.nanmedian(jerks)) if jerks else float("nan"),
+            "ticks_without_due_action": uncovered[0], "ticks": uncovered[1],
             "seam_guard_activations": int(float(rec.controller.get("seam_guard_activations", "nan") or 0)),
             "chunks": len(rec.chunks), "latency_median_s": float(np.median([c["latency"] for c in rec.chunks])),
             "traces": traces}
 
 
 def chunk_cost(presets: list[str], repeats: int) -> list[dict]:
-    """Median chunk time (encode_prefix + sample_chunk), unguided vs guided, same process, interleaved."""
+    """Median chunk time (encode_prefix + sample_chunk), unguided vs guided vs conditioned, same process,
+    interleaved (one model: ``rtc_max_delay`` changes training and the conditioned sampling only)."""
     import torch
 
     from hlrp_ros.policies.base import Observation
@@ -157,7 +161,8 @@ def chunk_cost(presets: list[str], repeats: int) -> list[dict]:
     rows = []
     for preset in presets:
         torch.manual_seed(0)
-        policy = HLRPPolicy(make_config(preset), init_weights=preset == "tiny").eval()
+        h_chunk = make_config(preset).chunk_size
+        policy = HLRPPolicy(make_config(preset, rtc_max_delay=h_chunk // 2), init_weights=preset == "tiny").eval()
         if preset != "tiny":
             with torch.no_grad():
                 for p in policy.parameters():
@@ -169,20 +174,25 @@ def chunk_cost(presets: list[str], repeats: int) -> list[dict]:
                           state=rng.normal(size=cfg.state_dim).astype(np.float32), instruction="pick up the cube")
         prev = policy.predict_action_chunk(obs)
         d = max(1, cfg.chunk_size // 10)
-        guide = ChunkGuide(prev[d:], delay=d, execution_horizon=max(1, cfg.chunk_size // 5))
-        times = {"unguided": [], "guided": []}
+        guides = {"unguided": None,
+                  "guided": ChunkGuide(prev[d:], delay=d, execution_horizon=max(1, cfg.chunk_size // 5)),
+                  "conditioned": ChunkGuide(prev[d:], delay=d, execution_horizon=max(1, cfg.chunk_size // 5),
+                                            method="conditioned")}
+        times = {kind: [] for kind in guides}
         for r in range(repeats + 1):
-            for kind in ("unguided", "guided"):
+            for kind, guide in guides.items():
                 t0 = time.perf_counter()
-                policy.sample_chunk(policy.encode_prefix(obs), guide=guide if kind == "guided" else None)
+                policy.sample_chunk(policy.encode_prefix(obs), guide=guide)
                 if r > 0:  # the first round warms up
                     times[kind].append(time.perf_counter() - t0)
         med = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
         rows.append({"preset": preset, "unguided_ms": med["unguided"], "guided_ms": med["guided"],
-                     "ratio": med["guided"] / med["unguided"], "repeats": repeats, "num_steps": cfg.num_steps,
-                     "chunk_size": cfg.chunk_size})
+                     "conditioned_ms": med["conditioned"], "ratio": med["guided"] / med["unguided"],
+                     "conditioned_ratio": med["conditioned"] / med["unguided"], "repeats": repeats,
+                     "num_steps": cfg.num_steps, "chunk_size": cfg.chunk_size})
         print(f"{preset}: chunk unguided {med['unguided']:.1f} ms, guided {med['guided']:.1f} ms "
-              f"(x{med['guided'] / med['unguided']:.2f}), {repeats} repeats")
+              f"(x{med['guided'] / med['unguided']:.2f}), conditioned {med['conditioned']:.1f} ms "
+              f"(x{med['conditioned'] / med['unguided']:.2f}), {repeats} repeats")
     return rows
 
 
@@ -275,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {mode:6s} +{delay:.1f} s: gap mean {g['mean']:.3f} p95 {g['p95']:.3f} max {g['max']:.3f} "
                       f"| cmd jump mean {j['mean']:.4f} p95 {j['p95']:.4f} max {j['max']:.4f} (n={j['n']}) "
                       f"| jerk {res['jerk_rms']:.0f} | guard {res['seam_guard_activations']} "
+                      f"| ticks without a due action {res['ticks_without_due_action']}/{res['ticks']} "
                       f"| success {res['success']:.0%} t {res['median_time_to_target_s']} "
                       f"| latency {res['latency_median_s'] * 1e3:.0f} ms", flush=True)
                 if args.json:

@@ -63,6 +63,19 @@ def commanded_jumps(times: np.ndarray, positions: np.ndarray, switch_times: list
     return jumps
 
 
+def uncovered_ticks(chunks: list[ChunkRecord], times: np.ndarray) -> tuple[int, int]:
+    """``(ticks without a due action, ticks)``: commands after the first chunk's arrival at which the newest
+    chunk received so far has no action due (it ran out, or its first action is not due yet)."""
+    if not chunks:
+        return 0, 0
+    ordered = sorted(chunks, key=lambda c: c.arrival)
+    arrivals = np.array([c.arrival for c in ordered])
+    ticks = [float(t) for t in times if t >= arrivals[0]]
+    newest = np.searchsorted(arrivals, ticks, side="right") - 1
+    missing = sum(ordered[k].sample(t) is None for t, k in zip(ticks, newest, strict=True))
+    return int(missing), len(ticks)
+
+
 def jerk_rms(times: np.ndarray, positions: np.ndarray) -> float:
     """RMS jerk of the commanded path (third difference / median tick^3), largest joint."""
     if len(times) < 4:
