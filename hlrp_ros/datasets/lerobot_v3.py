@@ -684,7 +684,8 @@ class DatasetWriter:
     def _remove_unreferenced(self, keep: set[str] = frozenset()) -> None:
         """Delete partial files and the data, episodes and video files no committed episode refers to
         (what an interrupted save left)."""
-        for path in sorted(self.root.rglob("file-*")) + sorted(self.root.rglob(f"*{PARTIAL}*")):
+        managed = [path for folder in ("data", "meta/episodes", "videos") for path in (self.root / folder).rglob("file-*")]
+        for path in sorted(managed) + sorted(self.root.rglob(f"*{PARTIAL}*")):
             if not path.exists():
                 continue
             relative = str(path.relative_to(self.root))
