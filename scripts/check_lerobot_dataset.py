@@ -11,7 +11,7 @@ Runs ONLY where LeRobot is installed (a separate venv; LeRobot is never a depend
 For every frame LeRobot returns, the state, action, task, episode and frame index must equal what
 hlrp_ros's reader reads from the same files, the episode boundaries must equal our episodes table,
 and each camera image must match the frame our reader decodes (max difference ``--pixel-tol`` of
-255; against the recorded synthetic frames, a mean difference of at most 6, the yuv420p video codec's loss). With ``--fixture`` the synthetic dataset under ``test/fixtures/lerobot_dataset/`` is written
+255; 0 for PNG image features), every further feature (e.g. ``action.expert_chunk``) must equal ours; against the recorded synthetic frames, a mean difference of at most 6, the yuv420p video codec's loss). With ``--fixture`` the synthetic dataset under ``test/fixtures/lerobot_dataset/`` is written
 anew, compared also with the synthetic values it was made from, and ``lerobot_check.json`` records
 the outcome; ``make test`` reads that fixture with our reader.
 """
@@ -58,6 +58,8 @@ def check(root: Path, pixel_tol: int, synthetic: bool) -> dict:
             assert item["task"] == ep.task, (item["task"], ep.task)
             np.testing.assert_array_equal(item["observation.state"].numpy(), ep.states[i])
             np.testing.assert_array_equal(item["action"].numpy(), ep.actions[i])
+            for key in ours.extra_keys:  # further per-frame features (any shape)
+                np.testing.assert_array_equal(item[key].numpy().reshape(ep.extras[key][i].shape), ep.extras[key][i])
             if synthetic:
                 state, action, raw = synthetic_frame(e, i)
                 np.testing.assert_array_equal(ep.states[i], state)
@@ -76,7 +78,9 @@ def check(root: Path, pixel_tol: int, synthetic: bool) -> dict:
     return {"lerobot": lerobot.__version__, "episodes": len(ours), "frames": frames,
             "tasks": ours.tasks, "cameras": ours.camera_keys, "max_pixel_difference_lerobot_vs_ours": worst_pixel,
             "max_mean_pixel_difference_vs_recorded": round(worst_recorded, 3) if synthetic else None,
-            "checked": "state, action, task, episode_index, frame_index, index, episode boundaries, images, stats"}
+            "extra_features": ours.extra_keys,
+            "checked": "state, action, extra features, task, episode_index, frame_index, index, episode boundaries, "
+                       "images, stats"}
 
 
 def main() -> int:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from hlrp_ros.datasets.training_arrays import training_arrays
 from hlrp_ros.sim.expert import expert_chunk, inverse_kinematics
 from hlrp_ros.sim.render import Camera
 from hlrp_ros.sim.rollout import collect_episode, run_policy_episode
@@ -76,12 +77,12 @@ def test_evaluation_plans_are_deterministic_and_conditions_differ():
 
 
 def test_generate_train_resume(tmp_path):
-    data = tmp_path / "ds.npz"
+    data = tmp_path / "ds"
     assert generate_dataset.main(["--episodes", "3", "--steps", "6", "--keep", "0", "--out", str(data), "--seed", "1"]) == 0
-    arrays = np.load(data)
+    arrays = training_arrays(data, horizon=16)
     assert arrays["images"].shape == (18, 64, 64, 3) and arrays["actions"].shape == (18, 16, 3)
     out = tmp_path / "run"
-    common = ["--data", str(data), "--out", str(out), "--batch-size", "4", "--save-every", "2", "--seed", "5",
+    common = ["--dataset", str(data), "--out", str(out), "--batch-size", "4", "--save-every", "2", "--seed", "5",
               "--warmup", "2", "--threads", "1"]
     assert train.main([*common, "--steps", "2"]) == 0
     assert json.loads((out / "last" / "training.json").read_text())["step"] == 2
@@ -99,9 +100,9 @@ def test_weight_averaged_fine_tune_resumes_exactly(tmp_path, monkeypatch):
     """--init-from + --ema: an interrupted and resumed run ends with the same averaged weights as an uninterrupted one."""
     from safetensors.torch import load_file
 
-    data = tmp_path / "ds.npz"
+    data = tmp_path / "ds"
     assert generate_dataset.main(["--episodes", "2", "--steps", "6", "--keep", "0", "--out", str(data), "--seed", "2"]) == 0
-    common = ["--data", str(data), "--batch-size", "4", "--seed", "5", "--warmup", "2", "--threads", "1"]
+    common = ["--dataset", str(data), "--batch-size", "4", "--seed", "5", "--warmup", "2", "--threads", "1"]
     assert train.main([*common, "--out", str(tmp_path / "base"), "--steps", "2"]) == 0
     fine = [*common, "--steps", "6", "--save-every", "3", "--init-from", str(tmp_path / "base" / "final"), "--ema", "0.9"]
     assert train.main([*fine, "--out", str(tmp_path / "whole")]) == 0

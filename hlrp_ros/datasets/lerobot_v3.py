@@ -8,14 +8,27 @@ Layout under the dataset root (the one LeRobot's ``LeRobotDataset(repo_id, root=
     meta/episodes/chunk-CCC/file-FFF.parquet          one row per episode: length, tasks, index range,
                                                       data/video file and time range, per-episode stats
     data/chunk-CCC/file-FFF.parquet                   one row per frame
-    videos/<camera key>/chunk-CCC/file-FFF.mp4        one video per camera
+    videos/<camera key>/chunk-CCC/file-FFF.mp4        one video per camera (video storage)
 
-Each saved episode gets its own data, video and episodes file (file index = episode index modulo
-``chunks_size``), which LeRobot reads like any multi-file v3.0 dataset. Crash safety: every file is
-written under a temporary name and renamed into place; ``meta/info.json`` is renamed last and is the
-commit point. Opening a dataset again removes whatever an interrupted save left beyond the episodes
-``info.json`` counts, and rewrites the tasks and stats from the committed episodes, so after a kill at
-any instant the dataset holds exactly the episodes whose save had completed.
+Cameras are stored as LeRobot stores them: as videos (``dtype "video"``, the default: small, lossy) or,
+with ``DatasetSpec(image_storage="image")``, as PNG images inside the data parquet (``dtype "image"``: a
+struct column ``{bytes, path}`` as Hugging Face ``datasets.Image`` writes it; lossless). Other per-frame
+features (``DatasetSpec.extras``: any shape, float32 or int64) are plain columns, nested fixed-size lists
+for a multi-dimensional shape.
+
+Files: by default each saved episode gets its own data, video and episodes file (the recorder's mode:
+every episode is on disk when its save returns). ``DatasetWriter(..., episodes_per_file=N)`` packs ``N``
+episodes per data and episodes file, as LeRobot itself does: saved episodes are kept in memory until the
+file is full (or ``flush()`` / ``close()``) and are then written and committed together. Files are
+numbered in the order they are written (``file index = file number modulo chunks_size``); LeRobot reads
+either layout like any multi-file v3.0 dataset.
+
+Crash safety: every file is written under a temporary name and renamed into place; ``meta/info.json``
+is renamed last and is the commit point. Opening a dataset again removes every file no committed
+episode refers to (what an interrupted save left), and rewrites the tasks and stats from the committed
+episodes, so after a kill at any instant the dataset holds exactly the episodes whose commit had
+completed: with one episode per file, every episode whose save had returned; with packing, every
+episode of a file whose write had completed.
 
 Units: the state and action vectors are stored as given (this package's nodes use radians for
 revolute joints and metres for prismatic ones, as ROS does); each feature's ``unit`` field says so.
@@ -42,6 +55,11 @@ EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.par
 INFO_PATH, STATS_PATH, TASKS_PATH = "meta/info.json", "meta/stats.json", "meta/tasks.parquet"
 STATE, ACTION = "observation.state", "action"
 IMAGE_PREFIX = "observation.images."
+#: LeRobot's bookkeeping columns, in every data file.
+INDEX_FEATURES = (("timestamp", "float32"), ("frame_index", "int64"), ("episode_index", "int64"),
+                  ("index", "int64"), ("task_index", "int64"))
+#: How camera frames are stored: LeRobot's "video" (mp4 per camera) or "image" (PNG in the data parquet).
+IMAGE_STORAGES = ("video", "image")
 PARTIAL = ".partial"
 # Frames per video sampled for the image statistics of one episode.
 IMAGE_STATS_FRAMES = 50
@@ -49,6 +67,42 @@ IMAGE_STATS_FRAMES = 50
 
 class DatasetError(RuntimeError):
     """A dataset that is not a consistent LeRobot v3.0 dataset, or a frame that does not fit it."""
+
+
+@dataclass(frozen=True)
+class FrameFeature:
+    """A per-frame feature besides the state, the action and the cameras (an ``info.json`` feature).
+
+    Attributes:
+        dtype: "float32" or "int64".
+        shape: Shape of one frame's value; ``(1,)`` for a scalar (a plain column, like ``frame_index``).
+        names: LeRobot's ``names``: one per element of a vector, or one per axis of a larger shape.
+        unit: Unit of the values (stored as the feature's ``unit`` field), if any.
+    """
+
+    dtype: str
+    shape: tuple[int, ...]
+    names: tuple[str, ...] | None = None
+    unit: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("float32", "int64"):
+            raise ValueError(f"extra features are float32 or int64, not {self.dtype}")
+        if not self.shape or any(int(n) < 1 for n in self.shape):
+            raise ValueError(f"bad shape {self.shape}")
+
+    def info(self) -> dict:
+        feature = {"dtype": self.dtype, "shape": [int(n) for n in self.shape],
+                   "names": list(self.names) if self.names else None}
+        if self.unit:
+            feature["unit"] = self.unit
+        return feature
+
+    @classmethod
+    def from_info(cls, feature: Mapping) -> FrameFeature:
+        names = feature.get("names")
+        return cls(dtype=feature["dtype"], shape=tuple(int(n) for n in feature["shape"]),
+                   names=tuple(names) if isinstance(names, list) else None, unit=feature.get("unit"))
 
 
 @dataclass(frozen=True)
@@ -66,6 +120,8 @@ class DatasetSpec:
         pix_fmt: Pixel format of the videos.
         crf: Constant rate factor of the encoder (lower: closer to the recorded pixels).
         gop: Frames between two key frames (small: fast random access when training).
+        image_storage: "video" (mp4 per camera) or "image" (lossless PNG frames in the data parquet).
+        extras: Feature key -> ``FrameFeature`` of further per-frame values (``Episode.add_frame(extras=)``).
     """
 
     fps: int
@@ -78,24 +134,36 @@ class DatasetSpec:
     pix_fmt: str = "yuv420p"
     crf: int = 18
     gop: int = 2
+    image_storage: str = "video"
+    extras: Mapping[str, FrameFeature] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if int(self.fps) != self.fps or self.fps <= 0:
             raise ValueError(f"fps must be a positive integer (LeRobot stores an int), got {self.fps}")
         if not self.joint_names:
             raise ValueError("joint_names must not be empty")
+        if self.image_storage not in IMAGE_STORAGES:
+            raise ValueError(f"image_storage is one of {IMAGE_STORAGES}, not {self.image_storage!r}")
         for name, (height, width) in self.cameras.items():
-            if height % 2 or width % 2:
+            if self.image_storage == "video" and (height % 2 or width % 2):
                 raise ValueError(f"camera {name}: {self.pix_fmt} video needs even sizes, got {height}x{width}")
+        reserved = {STATE, ACTION, *(name for name, _ in INDEX_FEATURES)}
+        for key in self.extras:
+            if key in reserved or key.startswith(IMAGE_PREFIX):
+                raise ValueError(f"extra feature {key!r} would replace a standard feature")
 
     @property
     def actions(self) -> tuple[str, ...]:
         return tuple(self.action_names or self.joint_names)
 
     def features(self) -> dict[str, dict]:
-        """``info.json`` features: cameras (video), state, action and LeRobot's bookkeeping columns."""
+        """``info.json`` features: cameras, state, action, the extras and LeRobot's bookkeeping columns."""
         features: dict[str, dict] = {}
         for name, (height, width) in self.cameras.items():
+            if self.image_storage == "image":
+                features[IMAGE_PREFIX + name] = {"dtype": "image", "shape": [height, width, 3],
+                                                 "names": ["height", "width", "channels"]}
+                continue
             features[IMAGE_PREFIX + name] = {
                 "dtype": "video", "shape": [height, width, 3], "names": ["height", "width", "channels"],
                 "info": {"video.height": height, "video.width": width, "video.codec": _codec_name(self.codec),
@@ -105,8 +173,9 @@ class DatasetSpec:
                            "unit": self.unit}
         features[ACTION] = {"dtype": "float32", "shape": [len(self.actions)], "names": list(self.actions),
                             "unit": self.unit}
-        for name, dtype in (("timestamp", "float32"), ("frame_index", "int64"), ("episode_index", "int64"),
-                            ("index", "int64"), ("task_index", "int64")):
+        for key, extra in self.extras.items():
+            features[key] = extra.info()
+        for name, dtype in INDEX_FEATURES:
             features[name] = {"dtype": dtype, "shape": [1], "names": None}
         return features
 
@@ -114,16 +183,21 @@ class DatasetSpec:
     def from_info(cls, info: Mapping) -> DatasetSpec:
         """The spec of an existing dataset (its ``info.json``)."""
         features = info["features"]
-        cameras, codec, pix_fmt = {}, "libx264", "yuv420p"
+        cameras, codec, pix_fmt, storage, extras = {}, "libx264", "yuv420p", "video", {}
+        standard = {STATE, ACTION, *(name for name, _ in INDEX_FEATURES)}
         for key, feature in features.items():
-            if feature["dtype"] == "video" and key.startswith(IMAGE_PREFIX):
+            if feature["dtype"] in IMAGE_STORAGES and key.startswith(IMAGE_PREFIX):
                 cameras[key[len(IMAGE_PREFIX):]] = (int(feature["shape"][0]), int(feature["shape"][1]))
+                storage = feature["dtype"]
                 video = feature.get("info", {})
                 codec = {"h264": "libx264", "av1": "libsvtav1"}.get(video.get("video.codec"), codec)
                 pix_fmt = video.get("video.pix_fmt", pix_fmt)
+            elif key not in standard:
+                extras[key] = FrameFeature.from_info(feature)
         return cls(fps=int(info["fps"]), joint_names=tuple(features[STATE]["names"]), cameras=cameras,
                    robot_type=info.get("robot_type") or "unknown", unit=features[STATE].get("unit", "rad"),
-                   action_names=tuple(features[ACTION]["names"]), codec=codec, pix_fmt=pix_fmt)
+                   action_names=tuple(features[ACTION]["names"]), codec=codec, pix_fmt=pix_fmt,
+                   image_storage=storage, extras=extras)
 
 
 def _codec_name(encoder: str) -> str:
@@ -132,8 +206,58 @@ def _codec_name(encoder: str) -> str:
     return av.codec.Codec(encoder, "w").name if encoder.startswith("lib") else encoder
 
 
-def chunk_file(episode_index: int) -> dict[str, int]:
-    return {"chunk_index": episode_index // CHUNKS_SIZE, "file_index": episode_index % CHUNKS_SIZE}
+def chunk_file(file_number: int) -> dict[str, int]:
+    """Chunk and file index of the ``file_number``-th file of a kind (data, episodes, a camera's videos)."""
+    return {"chunk_index": file_number // CHUNKS_SIZE, "file_index": file_number % CHUNKS_SIZE}
+
+
+def file_number(chunk_index: int, file_index: int) -> int:
+    return int(chunk_index) * CHUNKS_SIZE + int(file_index)
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    """Lossless PNG of an (H, W, 3) uint8 RGB frame (what LeRobot's image features hold)."""
+    import cv2
+
+    ok, buffer = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))  # OpenCV writes BGR
+    if not ok:
+        raise DatasetError("PNG encoding failed")
+    return buffer.tobytes()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of a PNG (or any image OpenCV reads)."""
+    import cv2
+
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise DatasetError("an image feature holds bytes that are not an image")
+    return np.ascontiguousarray(bgr[..., ::-1])
+
+
+def arrow_column(values: np.ndarray, shape: Sequence[int], dtype: str):
+    """``values`` (n, *shape) as a pyarrow column: plain for shape (1,), else nested fixed-size lists."""
+    import pyarrow as pa
+
+    column = pa.array(np.ascontiguousarray(values, dtype=dtype).reshape(-1))
+    if tuple(shape) != (1,):
+        for size in reversed(tuple(shape)):
+            column = pa.FixedSizeListArray.from_arrays(column, int(size))
+    return column
+
+
+def column_values(column, shape: Sequence[int]) -> np.ndarray:
+    """(n, *shape) numpy values of a (possibly chunked, possibly nested-list) pyarrow column."""
+    import pyarrow as pa
+
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    n = len(column)
+    if tuple(shape) != (1,):
+        for _ in shape:
+            column = column.flatten()
+    values = column.to_numpy(zero_copy_only=False)
+    return values.reshape((n,) if tuple(shape) == (1,) else (n, *shape))
 
 
 def _replace_atomically(path: Path, write) -> None:
@@ -251,23 +375,33 @@ class VideoEncoder:
 
 
 class Episode:
-    """Frames of the episode being recorded (videos are encoded as frames arrive)."""
+    """Frames of the episode being recorded (videos are encoded, PNG images compressed, as frames arrive)."""
 
     def __init__(self, writer: DatasetWriter, index: int, task: str) -> None:
         self.writer, self.index, self.task = writer, index, task
         self.states: list[np.ndarray] = []
         self.actions: list[np.ndarray] = []
         self.timestamps: list[float] = []
+        self.extras: dict[str, list[np.ndarray]] = {key: [] for key in writer.spec.extras}
         self.image_samples: dict[str, list[np.ndarray]] = {name: [] for name in writer.spec.cameras}
-        self.videos = {name: VideoEncoder(writer._video_path(index, name, partial=True), writer.spec, h, w)
-                       for name, (h, w) in writer.spec.cameras.items()}
+        self.pngs: dict[str, list[bytes]] = {}
+        self.videos: dict[str, VideoEncoder] = {}
+        if writer.spec.image_storage == "image":
+            self.pngs = {name: [] for name in writer.spec.cameras}
+        else:
+            self.videos = {name: VideoEncoder(writer._video_path(writer.next_file, name, partial=True), writer.spec,
+                                              h, w) for name, (h, w) in writer.spec.cameras.items()}
 
     def __len__(self) -> int:
         return len(self.states)
 
     def add_frame(self, state: Sequence[float], action: Sequence[float],
-                  images: Mapping[str, np.ndarray] | None = None) -> None:
-        """One frame; its timestamp is ``frame_index / fps`` (the recording clock)."""
+                  images: Mapping[str, np.ndarray] | None = None,
+                  extras: Mapping[str, np.ndarray] | None = None) -> None:
+        """One frame; its timestamp is ``frame_index / fps`` (the recording clock).
+
+        ``extras``: a value for each of the spec's extra features, of its shape.
+        """
         spec = self.writer.spec
         state = np.asarray(state, dtype=np.float32).reshape(-1)
         action = np.asarray(action, dtype=np.float32).reshape(-1)
@@ -275,20 +409,48 @@ class Episode:
             raise DatasetError(f"state {state.shape} / action {action.shape} for {len(spec.joint_names)} joints")
         if not (np.isfinite(state).all() and np.isfinite(action).all()):
             raise DatasetError("state or action is not finite")
+        extras = self._checked_extras(extras or {})
         images = images or {}
         if set(images) != set(spec.cameras):
             raise DatasetError(f"images for {sorted(images)}, the dataset records {sorted(spec.cameras)}")
         for name, rgb in images.items():
-            self.videos[name].add(rgb)
+            if name in self.pngs:
+                if rgb.shape != (*spec.cameras[name], 3) or rgb.dtype != np.uint8:
+                    raise DatasetError(f"camera {name}: frame of shape {rgb.shape} {rgb.dtype}, the dataset "
+                                       f"records {spec.cameras[name]} uint8 RGB")
+                self.pngs[name].append(encode_png(rgb))
+            else:
+                self.videos[name].add(rgb)
             samples = self.image_samples[name]
             if len(self.states) % max(1, spec.fps // 5) == 0 and len(samples) < IMAGE_STATS_FRAMES:
                 samples.append(rgb[::4, ::4])  # statistics from a strided subsample
+        for key, value in extras.items():
+            self.extras[key].append(value)
         self.timestamps.append(len(self.states) / spec.fps)
         self.states.append(state)
         self.actions.append(action)
 
+    def _checked_extras(self, extras: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        spec = self.writer.spec
+        if set(extras) != set(spec.extras):
+            raise DatasetError(f"extra features {sorted(extras)}, the dataset records {sorted(spec.extras)}")
+        checked = {}
+        for key, feature in spec.extras.items():
+            value = np.asarray(extras[key])
+            if value.size != int(np.prod(feature.shape)):
+                raise DatasetError(f"{key}: a value of shape {value.shape}, the feature's shape is {feature.shape}")
+            if feature.dtype == "int64" and not np.array_equal(value, np.round(value)):
+                raise DatasetError(f"{key}: integer feature given {value}")
+            value = value.astype(feature.dtype).reshape(feature.shape)
+            if not np.isfinite(value).all():
+                raise DatasetError(f"{key} is not finite")
+            checked[key] = value
+        return checked
+
     def stats(self) -> dict[str, dict[str, np.ndarray]]:
         stats = {STATE: feature_stats(np.stack(self.states)), ACTION: feature_stats(np.stack(self.actions))}
+        for key, values in self.extras.items():
+            stats[key] = feature_stats(np.stack(values).reshape(len(self), *self.writer.spec.extras[key].shape))
         for name, samples in self.image_samples.items():
             pixels = np.stack(samples).astype(np.float64) / 255.0  # (n, h, w, 3) -> stats (3, 1, 1)
             s = feature_stats(pixels, axis=(0, 1, 2))
@@ -309,29 +471,49 @@ class DatasetWriter:
 
     Args:
         root: Dataset directory.
-        spec: What it records; must equal an existing dataset's (fps, joints, cameras).
+        spec: What it records; must equal an existing dataset's (fps, joints, cameras, storage, extras).
+        episodes_per_file: Episodes packed into one data and episodes file (see the module docstring):
+            1 (default) commits every episode when it is saved; more keeps saved episodes in memory until
+            their file is full or ``flush()`` / ``close()`` is called. Video storage packs no episodes (a
+            discarded episode could not be taken out of a shared video).
     """
 
-    def __init__(self, root: str | Path, spec: DatasetSpec) -> None:
-        self.root, self.spec = Path(root), spec
+    def __init__(self, root: str | Path, spec: DatasetSpec, episodes_per_file: int = 1) -> None:
+        if episodes_per_file < 1:
+            raise ValueError(f"episodes_per_file must be at least 1, got {episodes_per_file}")
+        if episodes_per_file > 1 and spec.cameras and spec.image_storage == "video":
+            raise ValueError("episodes_per_file > 1 needs image_storage='image' (or no camera): a discarded "
+                             "episode cannot be taken out of a video shared with other episodes")
+        self.root, self.spec, self.episodes_per_file = Path(root), spec, int(episodes_per_file)
         self.episode: Episode | None = None
         self.tasks: list[str] = []
-        self._episodes: list[dict] = []
+        self._episodes: list[dict] = []  # committed
+        self._pending: list[tuple[dict, object]] = []  # saved, not yet written: (episodes row, data table)
+        self._stats: dict[str, dict] = {}  # of the committed episodes
+        self.next_file = 0  # number of the next data / episodes / video file written
         self.recovered: list[str] = []
         if (self.root / INFO_PATH).exists():
             self._open_existing()
         else:
             self.root.mkdir(parents=True, exist_ok=True)
-            self._remove_uncommitted(0)
+            self._remove_unreferenced()
             self._commit_meta()
 
     @property
     def total_episodes(self) -> int:
+        """Saved episodes (committed ones and, when packing, those waiting for their file)."""
+        return len(self._episodes) + len(self._pending)
+
+    @property
+    def committed_episodes(self) -> int:
+        """Episodes on disk and counted by ``info.json`` (what survives a kill)."""
         return len(self._episodes)
 
     @property
     def total_frames(self) -> int:
-        return int(self._episodes[-1]["dataset_to_index"]) if self._episodes else 0
+        """Frames of the saved episodes."""
+        last = self._pending[-1][0] if self._pending else (self._episodes[-1] if self._episodes else None)
+        return int(last["dataset_to_index"]) if last else 0
 
     def task_index(self, task: str) -> int:
         if task not in self.tasks:
@@ -355,25 +537,25 @@ class DatasetWriter:
         return len(episode)
 
     def save_episode(self) -> dict:
-        """Write the episode being recorded and commit it; its episodes-table row."""
+        """Save the episode being recorded; its episodes-table row. It is committed now (one episode per
+        file) or with the other episodes of its file (packing)."""
         episode = self._require_episode()
         if len(episode) == 0:
             raise DatasetError("the episode has no frames; discard it instead")
         index, n, fps = episode.index, len(episode), self.spec.fps
-        files = chunk_file(index)
+        files = chunk_file(self.next_file)
         task_index = self.task_index(episode.task)
         stats = episode.stats()
         for name, video in episode.videos.items():
             video.close()
             if video.frames != n:
                 raise DatasetError(f"camera {name}: {video.frames} video frames for {n} frames")
-            os.replace(video.path, self._video_path(index, name))
+            os.replace(video.path, self._video_path(self.next_file, name))
         start = self.total_frames
-        _write_table(self.root / DATA_PATH.format(**files), self._data_table(episode, start, task_index))
         row = {"episode_index": index, "tasks": [episode.task], "length": n,
                "data/chunk_index": files["chunk_index"], "data/file_index": files["file_index"],
                "dataset_from_index": start, "dataset_to_index": start + n}
-        for name in self.spec.cameras:
+        for name in episode.videos:
             key = IMAGE_PREFIX + name
             row.update({f"videos/{key}/chunk_index": files["chunk_index"], f"videos/{key}/file_index":
                         files["file_index"], f"videos/{key}/from_timestamp": 0.0,
@@ -382,17 +564,35 @@ class DatasetWriter:
         for key, s in stats.items():
             for stat, value in s.items():
                 row[f"stats/{key}/{stat}"] = np.asarray(value, dtype=np.float64).reshape(-1).tolist()
-        _write_table(self.root / TASKS_PATH, _tasks_table(self.tasks))
-        _write_table(self.root / EPISODES_PATH.format(**files), self._episode_table(row))
-        self._episodes.append(row)
+        self._pending.append((row, self._data_table(episode, start, task_index)))
         self.episode = None
-        self._commit_meta()
+        if len(self._pending) >= self.episodes_per_file:
+            self.flush()
         return row
 
+    def flush(self) -> None:
+        """Write the saved episodes waiting for their file (packing) into it and commit them."""
+        import pyarrow as pa
+
+        if not self._pending:
+            return
+        files = chunk_file(self.next_file)
+        rows = [row for row, _ in self._pending]
+        _write_table(self.root / DATA_PATH.format(**files), pa.concat_tables([table for _, table in self._pending]))
+        _write_table(self.root / TASKS_PATH, _tasks_table(self.tasks))
+        _write_table(self.root / EPISODES_PATH.format(**files), pa.Table.from_pylist(rows))
+        self._episodes += rows
+        self._pending = []
+        self.next_file += 1
+        new = aggregate_stats([_row_stats(row, self.spec) for row in rows])
+        self._stats = aggregate_stats([self._stats, new]) if self._stats else new
+        self._commit_meta()
+
     def close(self) -> None:
-        """Discard an unsaved episode (nothing of it stays on disk)."""
+        """Discard an unsaved episode (nothing of it stays on disk) and commit the saved ones."""
         if self.episode is not None:
             self.discard_episode()
+        self.flush()
 
     # --- files ---
 
@@ -401,47 +601,46 @@ class DatasetWriter:
             raise DatasetError("no episode is being recorded")
         return self.episode
 
-    def _video_path(self, index: int, camera: str, partial: bool = False) -> Path:
-        path = self.root / VIDEO_PATH.format(video_key=IMAGE_PREFIX + camera, **chunk_file(index))
+    def _video_path(self, number: int, camera: str, partial: bool = False) -> Path:
+        path = self.root / VIDEO_PATH.format(video_key=IMAGE_PREFIX + camera, **chunk_file(number))
         return path.with_name(path.stem + PARTIAL + path.suffix) if partial else path
 
     def _data_table(self, episode: Episode, start: int, task_index: int):
         import pyarrow as pa
 
         n = len(episode)
-        state_type = pa.list_(pa.float32(), len(self.spec.joint_names))
-        action_type = pa.list_(pa.float32(), len(self.spec.actions))
-        return pa.table({
-            STATE: pa.FixedSizeListArray.from_arrays(pa.array(np.concatenate(episode.states)),
-                                                     type=state_type),
-            ACTION: pa.FixedSizeListArray.from_arrays(pa.array(np.concatenate(episode.actions)),
-                                                      type=action_type),
+        columns = {}
+        for name, pngs in episode.pngs.items():  # as datasets.Image stores an image: {bytes, path}
+            columns[IMAGE_PREFIX + name] = pa.StructArray.from_arrays(
+                [pa.array(pngs, type=pa.binary()), pa.array([None] * n, type=pa.string())], names=["bytes", "path"])
+        columns[STATE] = arrow_column(np.stack(episode.states), (len(self.spec.joint_names),), "float32")
+        columns[ACTION] = arrow_column(np.stack(episode.actions), (len(self.spec.actions),), "float32")
+        for key, values in episode.extras.items():
+            feature = self.spec.extras[key]
+            columns[key] = arrow_column(np.stack(values), feature.shape, feature.dtype)
+        columns.update({
             "timestamp": pa.array(np.asarray(episode.timestamps, dtype=np.float32)),
             "frame_index": pa.array(np.arange(n, dtype=np.int64)),
             "episode_index": pa.array(np.full(n, episode.index, dtype=np.int64)),
             "index": pa.array(np.arange(start, start + n, dtype=np.int64)),
             "task_index": pa.array(np.full(n, task_index, dtype=np.int64)),
         })
-
-    @staticmethod
-    def _episode_table(row: dict):
-        import pyarrow as pa
-
-        return pa.Table.from_pylist([row])
+        return pa.table(columns)
 
     def _info(self) -> dict:
-        n = self.total_episodes
+        n = self.committed_episodes
+        videos = self.spec.cameras and self.spec.image_storage == "video"
         return {"codebase_version": CODEBASE_VERSION, "robot_type": self.spec.robot_type,
-                "total_episodes": n, "total_frames": self.total_frames, "total_tasks": len(self.tasks),
+                "total_episodes": n, "total_frames": int(self._episodes[-1]["dataset_to_index"]) if n else 0,
+                "total_tasks": len(self.tasks),
                 "chunks_size": CHUNKS_SIZE, "data_files_size_in_mb": 100, "video_files_size_in_mb": 200,
                 "fps": int(self.spec.fps), "splits": {"train": f"0:{n}"} if n else {},
-                "data_path": DATA_PATH, "video_path": VIDEO_PATH if self.spec.cameras else None,
+                "data_path": DATA_PATH, "video_path": VIDEO_PATH if videos else None,
                 "features": self.spec.features()}
 
     def _commit_meta(self) -> None:
         """stats.json, then info.json (the commit point)."""
-        stats = aggregate_stats([_row_stats(row, self.spec) for row in self._episodes])
-        _write_json(self.root / STATS_PATH, _jsonable(stats))
+        _write_json(self.root / STATS_PATH, _jsonable(self._stats))
         _write_json(self.root / INFO_PATH, self._info())
 
     def _open_existing(self) -> None:
@@ -450,31 +649,50 @@ class DatasetWriter:
             raise DatasetError(f"{self.root}: format {info.get('codebase_version')}, this writer writes "
                                f"{CODEBASE_VERSION}")
         existing = DatasetSpec.from_info(info)
-        mine = (self.spec.fps, self.spec.joint_names, dict(self.spec.cameras), self.spec.actions)
-        theirs = (existing.fps, existing.joint_names, dict(existing.cameras), existing.actions)
+        mine = (self.spec.fps, self.spec.joint_names, dict(self.spec.cameras), self.spec.actions,
+                self.spec.image_storage if self.spec.cameras else None, dict(self.spec.extras))
+        theirs = (existing.fps, existing.joint_names, dict(existing.cameras), existing.actions,
+                  existing.image_storage if existing.cameras else None, dict(existing.extras))
         if mine != theirs:
-            raise DatasetError(f"{self.root} records fps/joints/cameras/actions {theirs}, not {mine}")
-        committed = int(info["total_episodes"])
-        self._episodes = [read_episode_row(self.root, i) for i in range(committed)]
+            raise DatasetError(f"{self.root} records fps/joints/cameras/actions/storage/extras {theirs}, not {mine}")
+        self._episodes = committed_episode_rows(self.root, int(info["total_episodes"]))
         for row in self._episodes:
             for task in row["tasks"]:
                 self.task_index(task)
-        self._remove_uncommitted(committed)
+        referenced = self._referenced_files()
+        self.next_file = 1 + max((file_number(*numbers) for numbers in referenced.values()), default=-1)
+        self._remove_unreferenced(set(referenced))
         _write_table(self.root / TASKS_PATH, _tasks_table(self.tasks))
+        self._stats = aggregate_stats([_row_stats(row, self.spec) for row in self._episodes])
         self._commit_meta()
 
-    def _remove_uncommitted(self, committed: int) -> None:
-        """Delete partial files and the files of episodes at or beyond ``committed`` (an interrupted save)."""
-        for path in sorted(self.root.rglob("file-*")) + sorted(self.root.rglob(f"*{PARTIAL}*")):
+    def _referenced_files(self) -> dict[str, tuple[int, int]]:
+        """Path (relative to the root) -> (chunk, file) index of every file a committed episode refers to."""
+        files: dict[str, tuple[int, int]] = {}
+        for row in self._episodes:
+            numbers = {"data": (row["data/chunk_index"], row["data/file_index"]),
+                       "episodes": (row["meta/episodes/chunk_index"], row["meta/episodes/file_index"])}
+            files[DATA_PATH.format(chunk_index=numbers["data"][0], file_index=numbers["data"][1])] = numbers["data"]
+            files[EPISODES_PATH.format(chunk_index=numbers["episodes"][0], file_index=numbers["episodes"][1])] = \
+                numbers["episodes"]
+            for name in self.spec.cameras if self.spec.image_storage == "video" else ():
+                key = IMAGE_PREFIX + name
+                video = (row[f"videos/{key}/chunk_index"], row[f"videos/{key}/file_index"])
+                files[VIDEO_PATH.format(video_key=key, chunk_index=video[0], file_index=video[1])] = video
+        return files
+
+    def _remove_unreferenced(self, keep: set[str] = frozenset()) -> None:
+        """Delete partial files and the data, episodes and video files no committed episode refers to
+        (what an interrupted save left)."""
+        managed = [path for folder in ("data", "meta/episodes", "videos") for path in (self.root / folder).rglob("file-*")]
+        for path in sorted(managed) + sorted(self.root.rglob(f"*{PARTIAL}*")):
             if not path.exists():
                 continue
-            if PARTIAL not in path.name:
-                number = int(path.name.split(".")[0].split("-")[1])
-                chunk = int(path.parent.name.split("-")[1]) if path.parent.name.startswith("chunk-") else 0
-                if chunk * CHUNKS_SIZE + number < committed:
-                    continue
+            relative = str(path.relative_to(self.root))
+            if PARTIAL not in path.name and relative in keep:
+                continue
             path.unlink()
-            self.recovered.append(str(path.relative_to(self.root)))
+            self.recovered.append(relative)
 
 
 def _row_stats(row: Mapping, spec: DatasetSpec) -> dict[str, dict[str, np.ndarray]]:
@@ -484,22 +702,22 @@ def _row_stats(row: Mapping, spec: DatasetSpec) -> dict[str, dict[str, np.ndarra
         if not column.startswith("stats/"):
             continue
         key, stat = column[len("stats/"):].rsplit("/", 1)
-        shape = (1,) if stat == "count" else ((3, 1, 1) if key.startswith(IMAGE_PREFIX) else shapes[key][-1:])
+        shape = (1,) if stat == "count" else ((3, 1, 1) if key.startswith(IMAGE_PREFIX) else shapes[key])
         out.setdefault(key, {})[stat] = np.asarray(value, dtype=np.float64).reshape(shape)
     return out
 
 
-def read_episode_row(root: Path, index: int) -> dict:
-    """The episodes-table row of episode ``index`` (from its own file, or the file that holds it)."""
+def committed_episode_rows(root: Path, committed: int) -> list[dict]:
+    """The episodes-table rows of episodes ``0 .. committed - 1`` (those ``info.json`` counts), in order;
+    rows an interrupted save left in files beyond them are left out."""
     import pyarrow.parquet as pq
 
-    path = Path(root) / EPISODES_PATH.format(**chunk_file(index))
-    if path.exists():
-        rows = [r for r in pq.read_table(path).to_pylist() if r["episode_index"] == index]
-        if rows:
-            return rows[0]
-    for other in sorted((Path(root) / "meta" / "episodes").glob("*/*.parquet")):
-        rows = [r for r in pq.read_table(other).to_pylist() if r["episode_index"] == index]
-        if rows:
-            return rows[0]
-    raise DatasetError(f"{root}: no episodes-table row for episode {index}")
+    rows = []
+    for path in sorted((Path(root) / "meta" / "episodes").glob("*/*.parquet")):
+        if PARTIAL not in path.name:
+            rows += [r for r in pq.read_table(path).to_pylist() if r["episode_index"] < committed]
+    rows.sort(key=lambda r: r["episode_index"])
+    if [r["episode_index"] for r in rows] != list(range(committed)):
+        raise DatasetError(f"{root}: info.json counts {committed} episodes, the episodes tables hold "
+                           f"{sorted(r['episode_index'] for r in rows)[:10]}...")
+    return rows

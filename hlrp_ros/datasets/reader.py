@@ -1,15 +1,17 @@
 """Reading a LeRobot v3.0 dataset from a local directory (ours or any other), without LeRobot.
 
-Episodes may share data and video files (LeRobot packs many per file) or have their own (our
-writer); either way an episode's rows are found by ``episode_index`` and its video frames by the
-episode's ``from_timestamp``/``to_timestamp`` in the camera's file.
+Episodes may share data and video files (LeRobot packs many per file; so does our writer with
+``episodes_per_file``) or have their own (our writer's default); either way an episode's rows are found
+by ``episode_index`` and its video frames by the episode's ``from_timestamp``/``to_timestamp`` in the
+camera's file. Cameras stored as images (``dtype "image"``) are PNG bytes in the data rows. Only the
+episodes ``info.json`` counts are read (files an interrupted save left are ignored).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -18,11 +20,15 @@ import numpy as np
 from hlrp_ros.datasets.lerobot_v3 import (
     ACTION,
     CODEBASE_VERSION,
+    INDEX_FEATURES,
     INFO_PATH,
+    PARTIAL,
     STATE,
     STATS_PATH,
     TASKS_PATH,
     DatasetError,
+    column_values,
+    decode_png,
 )
 
 
@@ -38,6 +44,7 @@ class EpisodeData:
         timestamps: (T,) seconds from the episode start.
         frame_index: (T,) int64.
         index_range: (dataset_from_index, dataset_to_index).
+        extras: Further per-frame features (``DatasetReader.extra_keys``): key -> (T, *shape) array.
     """
 
     index: int
@@ -47,6 +54,7 @@ class EpisodeData:
     timestamps: np.ndarray
     frame_index: np.ndarray
     index_range: tuple[int, int]
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class DatasetReader:
@@ -71,17 +79,28 @@ class DatasetReader:
         self.features = self.info["features"]
         self.tasks = _tasks_by_index(pq.read_table(self.root / TASKS_PATH))
         rows = []
+        committed = int(self.info["total_episodes"])
         for path in sorted((self.root / "meta" / "episodes").glob("*/*.parquet")):
+            if PARTIAL in path.name:
+                continue
             table = pq.read_table(path)
             keep = [c for c in table.column_names if not c.startswith("stats/")]
-            rows += table.select(keep).to_pylist()
+            rows += [r for r in table.select(keep).to_pylist() if r["episode_index"] < committed]
         self.episodes = sorted(rows, key=lambda r: r["episode_index"])
         stats_path = self.root / STATS_PATH
         self.stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
 
     @property
     def camera_keys(self) -> list[str]:
-        return [k for k, f in self.features.items() if f["dtype"] == "video"]
+        """Camera features, stored as videos or as images."""
+        return [k for k, f in self.features.items() if f["dtype"] in ("video", "image")]
+
+    @property
+    def extra_keys(self) -> list[str]:
+        """Per-frame features other than the cameras, state, action and LeRobot's bookkeeping columns."""
+        standard = {STATE, ACTION, *(name for name, _ in INDEX_FEATURES)}
+        return [k for k, f in self.features.items()
+                if k not in standard and f["dtype"] not in ("video", "image", "string")]
 
     @property
     def joint_names(self) -> list[str]:
@@ -96,24 +115,28 @@ class DatasetReader:
 
     def episode(self, index: int) -> EpisodeData:
         row = self._row(index)
-        import pyarrow.compute as pc
+        table = self._episode_table(index)
 
-        table = self._data_file(row["data/chunk_index"], row["data/file_index"])
-        table = table.filter(pc.equal(table["episode_index"], index))
-        states = np.asarray(table[STATE].to_pylist(), dtype=np.float32)
-        actions = np.asarray(table[ACTION].to_pylist(), dtype=np.float32)
-        frames = table["frame_index"].to_numpy()
-        order = np.argsort(frames)
-        return EpisodeData(index=index, task=row["tasks"][0], states=states[order], actions=actions[order],
-                           timestamps=table["timestamp"].to_numpy().astype(np.float64)[order],
-                           frame_index=frames[order],
-                           index_range=(int(row["dataset_from_index"]), int(row["dataset_to_index"])))
+        def values(key: str, dtype) -> np.ndarray:
+            shape = self.features[key]["shape"]
+            return column_values(table[key], shape).astype(dtype, copy=False)
+
+        extras = {key: values(key, self.features[key]["dtype"]) for key in self.extra_keys}
+        return EpisodeData(index=index, task=row["tasks"][0], states=values(STATE, np.float32),
+                           actions=values(ACTION, np.float32),
+                           timestamps=table["timestamp"].to_numpy().astype(np.float64),
+                           frame_index=table["frame_index"].to_numpy(),
+                           index_range=(int(row["dataset_from_index"]), int(row["dataset_to_index"])), extras=extras)
 
     def frames(self, index: int, camera_key: str) -> np.ndarray:
-        """The episode's frames of one camera, (T, H, W, 3) uint8 RGB, decoded with PyAV."""
+        """The episode's frames of one camera, (T, H, W, 3) uint8 RGB (videos decoded with PyAV)."""
         return np.stack(list(self.iter_frames(index, camera_key)))
 
     def iter_frames(self, index: int, camera_key: str) -> Iterator[np.ndarray]:
+        if self.features[camera_key]["dtype"] == "image":
+            for image in self._episode_table(index)[camera_key].to_pylist():
+                yield decode_png(image["bytes"])
+            return
         import av
 
         row = self._row(index)
@@ -171,6 +194,22 @@ class DatasetReader:
             raise DatasetError(f"{self.root}: no episode {index}")
         return self.episodes[index]
 
+    def _episode_table(self, index: int):
+        """The episode's data rows, ordered by frame_index."""
+        import pyarrow.compute as pc
+
+        row = self._row(index)
+        table = self._data_file(row["data/chunk_index"], row["data/file_index"])
+        start, length = int(row["dataset_from_index"]), int(row["length"])
+        offset = start - int(table["index"][0].as_py()) if len(table) else -1
+        # Writers (ours, LeRobot's) store an episode's rows contiguously in index order: slice them, and
+        # search the file only where that does not hold.
+        rows = table.slice(offset, length) if 0 <= offset else None
+        if rows is None or len(rows) != length or not _holds_only(rows, index):
+            rows = table.filter(pc.equal(table["episode_index"], index))
+        order = np.argsort(rows["frame_index"].to_numpy(), kind="stable")
+        return rows if np.array_equal(order, np.arange(len(rows))) else rows.take(order)
+
     def _data_file(self, chunk_index: int, file_index: int):
         path = self.root / self.info["data_path"].format(chunk_index=chunk_index, file_index=file_index)
         return _read_table(str(path), path.stat().st_mtime_ns)
@@ -181,6 +220,11 @@ def _read_table(path: str, mtime_ns: int):
     import pyarrow.parquet as pq
 
     return pq.read_table(path)
+
+
+def _holds_only(rows, index: int) -> bool:
+    episodes = rows["episode_index"].to_numpy()
+    return len(episodes) > 0 and bool((episodes == index).all())
 
 
 def _tasks_by_index(table) -> list[str]:

@@ -31,6 +31,7 @@ class Episode:
     actions: np.ndarray      # (T, horizon, dof) float32: expert chunk from each state
     instruction: str
     colour: str
+    steps: np.ndarray        # (T,) int64: the rollout step each record was taken at (increasing)
 
 
 def collect_episode(world: World, camera: Camera, rng: np.random.Generator, *, steps: int, horizon: int,
@@ -62,13 +63,14 @@ def collect_episode(world: World, camera: Camera, rng: np.random.Generator, *, s
     noise = float(rng.choice([0.0, 0.02, 0.05, 0.1]))
     kick_prob = 0.08 if mode > 0.85 else 0.0
     speed_scale = float(rng.uniform(0.6, 1.0))
-    images, states, actions = [], [], []
+    images, states, actions, at = [], [], [], []
     recorded = set(range(steps)) if keep is None else set(rng.choice(steps, size=min(keep, steps), replace=False))
     for k in range(steps):
         if k in recorded:
             images.append(camera.render(world))
             states.append(world.q.copy())
             actions.append(expert_chunk(world.q, goal, horizon, dt))
+            at.append(k)
         target = detour_goal if k < detour_steps else goal
         cmd = expert_step(world.q, target, dt, speed=1.8 * speed_scale)
         cmd = cmd + rng.normal(0.0, noise, arm.dof)
@@ -78,7 +80,7 @@ def collect_episode(world: World, camera: Camera, rng: np.random.Generator, *, s
         for _ in range(5):
             world.step(dt / 5)
     return Episode(np.stack(images), np.asarray(states, np.float32), np.asarray(actions, np.float32),
-                   make_instruction(colour, rng, split), colour)
+                   make_instruction(colour, rng, split), colour, np.asarray(at, np.int64))
 
 
 @dataclass

@@ -1,8 +1,9 @@
-"""Train a policy (HLRP, PI0, PI0.5 or diffusion) on the planar-arm reaching dataset or a LeRobot dataset (CPU).
+"""Train a policy (HLRP, PI0, PI0.5 or diffusion) on a LeRobot v3.0 dataset (CPU).
 
-    python -m hlrp_ros.tools.train --data artifacts/demo_arm/dataset.npz --out artifacts/demo_arm/run \
+    # the demo world's dataset (hlrp_ros.tools.generate_dataset):
+    python -m hlrp_ros.tools.train --dataset artifacts/demo_arm/dataset_v6 --out artifacts/demo_arm/run \
         --steps 4000 --seed 0
-    # a LeRobot v3.0 dataset (recorded by recorder_node, imported from bags, or LeRobot's own):
+    # any other LeRobot v3.0 dataset (recorded by recorder_node, imported from bags, or LeRobot's own):
     python -m hlrp_ros.tools.train --dataset DIR --policy hlrp --horizon 16 --out RUN
     # the other families, through their own processors (hlrp_ros.tools.train_families):
     python -m hlrp_ros.tools.train --policy diffusion --out RUN      # or pi0, pi05; diffusion: --n-obs-steps
@@ -211,12 +212,9 @@ def save(policy: HLRPPolicy, optimizer: torch.optim.Optimizer, step: int, direct
 def train(args: argparse.Namespace) -> Path:
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
-    if args.dataset is not None:
-        from hlrp_ros.datasets.training_arrays import training_arrays
+    from hlrp_ros.datasets.training_arrays import training_arrays
 
-        data = training_arrays(args.dataset, args.horizon, args.camera, args.image_size)
-    else:
-        data = dict(np.load(args.data))
+    data = training_arrays(args.dataset, args.horizon, args.camera, args.image_size)
     horizon = data["actions"].shape[1]
     joint_names = [str(n) for n in data["joint_names"]] if "joint_names" in data else None
     if args.policy == "hlrp":
@@ -265,7 +263,7 @@ def train(args: argparse.Namespace) -> Path:
             "seed": args.seed, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "ema": args.ema,
             "word_dropout": args.word_dropout, "random_words": args.random_words, "rtc_max_delay": args.rtc_max_delay,
             "init_from": None if args.init_from is None else str(args.init_from),
-            "policy": args.policy, "n_obs_steps": args.n_obs_steps, "blind": args.blind, "dataset": str(args.dataset or args.data), "dataset_meta": str(data.get("meta", [""])[0]),
+            "policy": args.policy, "n_obs_steps": args.n_obs_steps, "blind": args.blind, "dataset": str(args.dataset), "dataset_meta": str(data.get("meta", [""])[0]),
             "parameters": n_params}
     policy.train()
     t0 = time.monotonic()
@@ -305,16 +303,16 @@ def train(args: argparse.Namespace) -> Path:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path("artifacts/demo_arm/dataset.npz"))
-    parser.add_argument("--dataset", type=Path, default=None,
-                        help="a LeRobot v3.0 dataset directory (instead of --data)")
+    parser.add_argument("--dataset", type=Path, default=Path("artifacts/demo_arm/dataset_v6"),
+                        help="a LeRobot v3.0 dataset directory")
     parser.add_argument("--policy", default="hlrp", choices=FAMILIES,
                         help="policy family trained (sizes: hlrp_ros.tools.train_families.build_family_policy)")
     parser.add_argument("--n-obs-steps", type=int, default=1,
-                        help="diffusion: observations per input (> 1 needs a LeRobot dataset: consecutive frames)")
-    parser.add_argument("--horizon", type=int, default=16, help="with --dataset: action chunk length")
-    parser.add_argument("--camera", default=None, help="with --dataset: camera feature key (default: the first)")
-    parser.add_argument("--image-size", type=int, default=64, help="with --dataset: square image size")
+                        help="diffusion: observations per input (> 1 needs whole recorded episodes: "
+                             "consecutive frames, not the demo generator's keyframes)")
+    parser.add_argument("--horizon", type=int, default=16, help="action chunk length")
+    parser.add_argument("--camera", default=None, help="camera feature key (default: the first)")
+    parser.add_argument("--image-size", type=int, default=64, help="square image size")
     parser.add_argument("--vocabulary", choices=("default", "dataset"), default="default",
                         help="tokenizer words: the tiny default (tabletop words) or exactly the training "
                              "instructions' words (others become <unk>; pair with --word-dropout)")

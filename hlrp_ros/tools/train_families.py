@@ -11,7 +11,9 @@ A policy conditioning on ``n_obs_steps = n > 1`` observations (diffusion) gets f
 the same episode, the first frame repeated before the episode's start (what LeRobot's dataset does), and its
 action trajectory starts at the oldest one; trajectory steps before the start are marked ``action_is_pad``
 and left out of the loss. That needs every frame of each episode, in order (``frame_index`` 0, 1, 2, ...
-within each ``episode``, as a LeRobot dataset gives): the demo world's arrays keep a few frames per episode.
+within each ``episode``, as a recorded LeRobot dataset gives) and executed actions: the demo world's dataset
+(``hlrp_ros.tools.generate_dataset``) holds keyframes of its rollouts (``rollout_step``) labelled with expert
+chunks, and is refused for it.
 """
 
 from __future__ import annotations
@@ -87,6 +89,11 @@ class ObservationBatcher:
         self.n_obs_steps = history_length(policy.config)
         self.horizon = int(getattr(policy.config, "horizon", 0) or policy.config.chunk_size)
         if self.n_obs_steps > 1 or self.horizon != self.actions.shape[1]:
+            if "rollout_step" in data:
+                raise ValueError(f"a policy with n_obs_steps={self.n_obs_steps} and horizon {self.horizon} needs "
+                                 f"whole ordered episodes of executed actions; this dataset holds keyframes of "
+                                 f"rollouts (observation.rollout_step) labelled with expert chunks "
+                                 f"(action.expert_chunk) of {self.actions.shape[1]} steps")
             episode = np.asarray(data.get("episode", []))
             if not consecutive_frames(episode, np.asarray(data.get("frame_index", []))):
                 raise ValueError(f"a policy with n_obs_steps={self.n_obs_steps} and horizon {self.horizon} needs "
