@@ -145,6 +145,8 @@ def run_condition(args, mode: str, delay: float, checkpoint: Path) -> dict:
             "ticks_without_due_action": uncovered[0], "ticks": uncovered[1],
             "seam_guard_activations": int(float(rec.controller.get("seam_guard_activations", "nan") or 0)),
             "chunks": len(rec.chunks), "latency_median_s": float(np.median([c["latency"] for c in rec.chunks])),
+            "failures": [{k: o[k] for k in ("seed", "goal", "reached", "final_nearest", "final_distance", "duration")}
+                         for o in outcomes if not o["success"]],
             "traces": traces}
 
 
@@ -196,8 +198,9 @@ def chunk_cost(presets: list[str], repeats: int) -> list[dict]:
     return rows
 
 
-def plot(results: list[dict], delay: float, path: Path) -> None:
-    """Commanded joint positions of one episode, switch above guided, chunk switches as grey lines (OpenCV)."""
+def plot(results: list[dict], delay: float, path: Path, modes: tuple[str, str] = ("switch", "guided")) -> None:
+    """Commanded joint positions of one episode per mode, the first mode above the second, chunk switches as
+    grey lines (OpenCV)."""
     import cv2
 
     width, height, margin = 1100, 700, 60
@@ -205,8 +208,8 @@ def plot(results: list[dict], delay: float, path: Path) -> None:
     colours = [(200, 60, 30), (30, 140, 30), (30, 60, 200)]
     panel_h = (height - 3 * margin) // 2
     span = max(float(tr["times"][-1] - tr["times"][0]) for r in results for tr in r["traces"]
-               if r["mode"] in ("switch", "guided") and abs(r["extra_delay"] - delay) < 1e-9)
-    for k, mode in enumerate(("switch", "guided")):
+               if r["mode"] in modes and abs(r["extra_delay"] - delay) < 1e-9)
+    for k, mode in enumerate(modes):
         res = next((r for r in results if r["mode"] == mode and abs(r["extra_delay"] - delay) < 1e-9), None)
         if res is None or not res["traces"]:
             continue
@@ -256,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conditioned-checkpoint", type=Path, default=None,
                         help="checkpoint of the conditioned mode (trained with --rtc-max-delay)")
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--plot", type=Path, default=None, help="PNG: switch vs guided traces at --plot-delay")
+    parser.add_argument("--plot", type=Path, default=None, help="PNG: --plot-modes traces at --plot-delay")
+    parser.add_argument("--plot-modes", nargs=2, default=["switch", "guided"], choices=MODES)
     parser.add_argument("--plot-delay", type=float, default=0.4)
     parser.add_argument("--plot-from", type=Path, default=None, help="only draw --plot from this --json output")
     parser.add_argument("--cost-only", action="store_true", help="only the chunk-time comparison")
@@ -265,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out: dict = {"host": platform.node(), "load": os.getloadavg(), "args": {k: str(v) for k, v in vars(args).items()}}
     if args.plot_from:
-        plot(json.loads(args.plot_from.read_text())["results"], args.plot_delay, args.plot)
+        plot(json.loads(args.plot_from.read_text())["results"], args.plot_delay, args.plot, tuple(args.plot_modes))
         return 0
     if args.cost_only:
         out["cost"] = chunk_cost(args.cost_presets, args.cost_repeats)
@@ -292,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.json.write_text(json.dumps({**out, "results": results}, indent=1))
         out["results"] = results
         if args.plot:
-            plot(results, args.plot_delay, args.plot)
+            plot(results, args.plot_delay, args.plot, tuple(args.plot_modes))
     out["load_after"] = os.getloadavg()
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -283,3 +283,15 @@ def test_a_time_per_action_equal_for_all_actions_is_the_shared_time_embedding(co
     shared, _, _ = model.embed_suffix(x, torch.tensor([0.3, 0.8]))
     per_action, _, _ = model.embed_suffix(x, torch.tensor([[0.3] * cfg.chunk_size, [0.8] * cfg.chunk_size]))
     assert torch.allclose(shared, per_action, atol=1e-6)
+
+
+def test_training_bends_the_given_prefix_fully_at_its_first_action_and_not_at_its_last():
+    policy = tiny_policy(0, rtc_max_delay=5, rtc_prefix_noise=0.5)
+    given = torch.zeros(2, policy.config.chunk_size, dtype=torch.bool)
+    given[0, :4] = True
+    given[1, :1] = True
+    bend = policy._prefix_bend(given, torch.Generator().manual_seed(0))
+    assert bend[0, 0].abs().max() > 0
+    assert torch.allclose(bend[0, 1], bend[0, 0] * 2 / 3) and torch.allclose(bend[0, 2], bend[0, 0] / 3)
+    assert torch.equal(bend[0, 3:], torch.zeros_like(bend[0, 3:]))  # the seam and everything after: unbent
+    assert torch.equal(bend[1], torch.zeros_like(bend[1]))  # a one-action prefix is its own seam

@@ -52,15 +52,17 @@ BLIND_INSTRUCTION = "reach the target"
 
 def build_policy(chunk_size: int, n_action_steps: int, image_size: int,
                  joint_names: list[str] | None = None, words: list[str] | None = None,
-                 rtc_max_delay: int = 0) -> HLRPPolicy:
+                 rtc_max_delay: int = 0, rtc_prefix_noise: float = 0.0) -> HLRPPolicy:
     """The demo model: the ``tiny`` preset sized for the 3-joint arm (or ``joint_names``), fixed 2D sin-cos
     vision positions; the tiny tokenizer's default vocabulary, or ``words``; ``rtc_max_delay``: trained to
-    continue chunk prefixes of up to that many actions (real-time chunking by conditioning)."""
+    continue chunk prefixes of up to that many actions (real-time chunking by conditioning), bent in training
+    by ``rtc_prefix_noise``."""
     joint_names = list(joint_names) if joint_names else list(ArmSpec().joint_names)
     config = make_config(
         "tiny", state_dim=len(joint_names), action_dim=len(joint_names), joint_names=joint_names,
         image_size=(image_size, image_size), chunk_size=chunk_size, n_action_steps=n_action_steps,
         num_steps=10, vision_sincos_pos_embed=True, freeze_vision_pos_embed=True, rtc_max_delay=rtc_max_delay,
+        rtc_prefix_noise=rtc_prefix_noise,
     )
     tokenizer = None
     if words is not None:
@@ -220,7 +222,7 @@ def train(args: argparse.Namespace) -> Path:
     if args.policy == "hlrp":
         words = instruction_words(data["instructions"]) if args.vocabulary == "dataset" else None
         policy = build_policy(horizon, args.n_action_steps, data["images"].shape[1], joint_names, words,
-                              args.rtc_max_delay)
+                              args.rtc_max_delay, args.rtc_prefix_noise)
     else:
         if args.word_dropout or args.random_words or args.vocabulary != "default" or args.rtc_max_delay:
             raise SystemExit("--word-dropout / --random-words / --vocabulary / --rtc-max-delay act on the HLRP "
@@ -262,6 +264,7 @@ def train(args: argparse.Namespace) -> Path:
     info = {"command": command, "history": [*history, command],
             "seed": args.seed, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "ema": args.ema,
             "word_dropout": args.word_dropout, "random_words": args.random_words, "rtc_max_delay": args.rtc_max_delay,
+            "rtc_prefix_noise": args.rtc_prefix_noise,
             "init_from": None if args.init_from is None else str(args.init_from),
             "policy": args.policy, "n_obs_steps": args.n_obs_steps, "blind": args.blind, "dataset": str(args.dataset), "dataset_meta": str(data.get("meta", [""])[0]),
             "parameters": n_params}
@@ -338,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rtc-max-delay", type=int, default=0,
                         help="real-time chunking by conditioning: give the first d ~ U{0..N} actions of each "
                              "chunk clean and leave them out of the loss (policy_node rtc_mode: conditioned). 0: off")
+    parser.add_argument("--rtc-prefix-noise", type=float, default=0.0,
+                        help="with --rtc-max-delay: std (normalised action units) of the random bend of the given "
+                             "prefix (0 at its last action), so the goal comes from the observation. 0: off")
     parser.add_argument("--ema", type=float, default=0.0,
                         help="weight-averaging decay (e.g. 0.999); the checkpoint is the average. 0: off")
     args = parser.parse_args(argv)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,10 @@ class HLRPConfig:
     # chunk are given clean (time 0) and left out of the loss, so at inference the policy continues a
     # chunk prefix it is handed (action steps; 0: not trained so, only guidance can continue a chunk).
     rtc_max_delay: int = 0
+    # Training only: the given prefix is bent by a random offset (this std, normalised action units; full
+    # at its first action, 0 at its last, so the seam stays continuous). A prefix that is the data's own
+    # plan tells where the plan ends; bent, the model must take the goal from the observation.
+    rtc_prefix_noise: float = 0.0
     # Sine-cosine time embedding: smallest and largest period (time units, t in [0, 1]).
     min_period: float = 4e-3
     max_period: float = 4.0
@@ -159,6 +164,8 @@ class HLRPConfig:
             )
         if self.num_steps < 1:
             errors.append(f"num_steps must be >= 1, got {self.num_steps}")
+        if not (self.rtc_prefix_noise >= 0 and math.isfinite(self.rtc_prefix_noise)):
+            errors.append(f"rtc_prefix_noise must be a finite number >= 0, got {self.rtc_prefix_noise}")
         if not 0 <= self.rtc_max_delay < self.chunk_size:
             errors.append(f"need 0 <= rtc_max_delay < chunk_size (got {self.rtc_max_delay}, {self.chunk_size})")
         if not 0 < self.min_period < self.max_period:

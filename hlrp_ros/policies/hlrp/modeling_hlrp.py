@@ -734,6 +734,8 @@ class HLRPPolicy(nn.Module, ActionExpert):
         actions = pad_vector(self.normalize_action(batch["actions"].to(device)), self.config.max_action_dim)
         abstract = batch.get("abstract_tokens")
         given = self._draw_given_prefix(actions.shape[0], generator)
+        if given is not None and self.config.rtc_prefix_noise > 0:
+            actions = actions + self._prefix_bend(given, generator)
         losses = self.model(
             images, img_masks, batch["lang_tokens"].to(device), batch["lang_masks"].to(device), state, actions,
             noise=noise, time=time,
@@ -748,6 +750,17 @@ class HLRPPolicy(nn.Module, ActionExpert):
             keep = keep[..., None].to(losses.dtype)
             return (losses * keep).sum() / (keep.sum() * losses.shape[-1]).clamp_min(1)
         return losses.mean()
+
+    def _prefix_bend(self, given: Tensor, generator: torch.Generator | None) -> Tensor:
+        """``(B, C, max_action_dim)``: a random offset ``delta ~ N(0, rtc_prefix_noise^2)`` per sample and
+        action dim, times ``(d - 1 - i) / (d - 1)`` on given action ``i < d`` and 0 elsewhere (see the config)."""
+        b, c = given.shape
+        gen_device = generator.device if generator is not None else "cpu"
+        delta = torch.randn(b, 1, self.config.max_action_dim, generator=generator, device=gen_device).to(self.device)
+        d = given.sum(dim=1, keepdim=True).to(torch.float32)
+        i = torch.arange(c, device=self.device, dtype=torch.float32)[None]
+        weight = torch.where(given, (d - 1 - i) / (d - 1).clamp_min(1), 0.0)
+        return self.config.rtc_prefix_noise * weight[..., None] * delta
 
     def _draw_given_prefix(self, batch_size: int, generator: torch.Generator | None) -> Tensor | None:
         """Training-time real-time chunking: ``d ~ U{0..rtc_max_delay}`` leading actions per sample given clean.
