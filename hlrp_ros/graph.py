@@ -89,6 +89,20 @@ def write_params_file(node_name: str, params: dict, directory: Path) -> Path:
     return path
 
 
+def exit_cleanly_on_sigterm() -> None:
+    """Make SIGTERM raise ``SystemExit`` in this (main-thread) process, unless it already handles SIGTERM.
+
+    Nodes run in their own process groups, so a tool stopped by SIGTERM would otherwise leave them running,
+    orphaned; as an exception, it runs the ``finally`` blocks that stop them.
+    """
+    import signal
+    import sys
+    import threading
+
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 @dataclass
 class NodeProcess:
     """One node executable running in its own process group.
@@ -131,6 +145,7 @@ class NodeProcess:
         return executable_command(self.executable) + args
 
     def start(self) -> NodeProcess:
+        exit_cleanly_on_sigterm()
         cmd = self.command()
         self._log_path = self.log_dir / f"{self.node_name}.log"
         log = open(self._log_path, "wb")

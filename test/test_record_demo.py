@@ -66,3 +66,53 @@ def test_end_to_end_records_trains_and_evaluates_in_one_command(tmp_path, capsys
     assert end_to_end.main(["--out", str(out), "--episodes", "2", "--steps", "3", "--eval-episodes", "1"]) == 0
     report = json.loads((out / "scratch" / "end_to_end.json").read_text())
     assert "skipped" in report["record"] and "skipped" in report["train"]
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc)."""
+    from pathlib import Path
+
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.ros
+def test_a_tool_stopped_with_sigterm_stops_the_nodes_it_started(tmp_path):
+    import contextlib
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from hlrp_ros.graph import isolated_ros_env
+
+    tool = subprocess.Popen([sys.executable, "-m", "hlrp_ros.tools.record_demo", "--episodes", "100", "--out",
+                             str(tmp_path / "dataset")], env=isolated_ros_env(), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    nodes: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(_children(tool.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        nodes = _children(tool.pid)
+        assert len(nodes) >= 2, "the tool did not start its nodes"
+        tool.send_signal(signal.SIGTERM)
+        assert tool.wait(timeout=60) != 0
+        deadline = time.monotonic() + 30
+        while any(os.path.exists(f"/proc/{pid}") and "Z" not in open(f"/proc/{pid}/stat").read().split()[2]
+                  for pid in nodes) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        alive = [pid for pid in nodes if os.path.exists(f"/proc/{pid}")]
+        assert not alive, f"nodes {alive} outlived the tool"
+    finally:
+        for pid in [tool.pid, *nodes]:  # each in its own process group; only those this test started
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
