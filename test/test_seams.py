@@ -88,13 +88,14 @@ def test_config_rejects_bad_values():
         DelayEstimator(window=0)
 
 
-def test_ticks_without_a_due_action_are_those_the_newest_received_chunk_does_not_cover():
+def test_ticks_without_a_due_action_are_those_where_the_executed_chunk_has_run_out():
     from hlrp_ros.tools.seam_metrics import ChunkRecord, uncovered_ticks
 
     first = ChunkRecord(arrival=0.0, start=0.0, dt=0.1, actions=np.zeros((3, 1)))  # due 0.0..0.3
-    second = ChunkRecord(arrival=0.5, start=0.6, dt=0.1, actions=np.ones((3, 1)))  # lands before it is due
-    times = np.array([-0.1, 0.1, 0.25, 0.35, 0.45, 0.55, 0.65, 0.85, 0.95])
-    # -0.1: before any chunk (not counted); 0.35, 0.45: the first ran out; 0.55: the second not due yet;
-    # 0.95: the second ran out
-    assert uncovered_ticks([second, first], times) == (4, 8)
+    second = ChunkRecord(arrival=0.5, start=0.6, dt=0.1, actions=np.ones((4, 1)))  # due 0.6..1.0
+    early = ChunkRecord(arrival=0.9, start=1.0, dt=0.1, actions=np.ones((6, 1)))  # lands before it is due
+    times = np.array([-0.1, 0.1, 0.25, 0.35, 0.45, 0.55, 0.65, 0.85, 0.95, 1.05])
+    # -0.1: before any chunk (not counted); 0.35, 0.45, 0.55: the first ran out (the second not due yet);
+    # 0.95: the second still covers it (a newer chunk that is not due yet does not replace it)
+    assert uncovered_ticks([second, first, early], times) == (3, 9)
     assert uncovered_ticks([], times) == (0, 0)

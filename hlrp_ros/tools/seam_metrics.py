@@ -64,16 +64,18 @@ def commanded_jumps(times: np.ndarray, positions: np.ndarray, switch_times: list
 
 
 def uncovered_ticks(chunks: list[ChunkRecord], times: np.ndarray) -> tuple[int, int]:
-    """``(ticks without a due action, ticks)``: commands after the first chunk's arrival at which the newest
-    chunk received so far has no action due (it ran out, or its first action is not due yet)."""
+    """``(ticks without a due action, ticks)``: commands after the first chunk's first action is due at which
+    the chunk the controller executes (the newest received one whose first action is due) has run out."""
     if not chunks:
         return 0, 0
-    ordered = sorted(chunks, key=lambda c: c.arrival)
-    arrivals = np.array([c.arrival for c in ordered])
-    ticks = [float(t) for t in times if t >= arrivals[0]]
-    newest = np.searchsorted(arrivals, ticks, side="right") - 1
-    missing = sum(ordered[k].sample(t) is None for t, k in zip(ticks, newest, strict=True))
-    return int(missing), len(ticks)
+    first = min(max(c.arrival, c.start) for c in chunks)
+    ticks = [float(t) for t in times if t >= first]
+    missing = 0
+    for t in ticks:
+        executing = [c for c in chunks if c.arrival <= t and c.start <= t]
+        newest = max(executing, key=lambda c: c.arrival)
+        missing += newest.sample(t) is None
+    return missing, len(ticks)
 
 
 def jerk_rms(times: np.ndarray, positions: np.ndarray) -> float:
