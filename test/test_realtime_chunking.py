@@ -295,3 +295,18 @@ def test_training_bends_the_given_prefix_fully_at_its_first_action_and_not_at_it
     assert torch.allclose(bend[0, 1], bend[0, 0] * 2 / 3) and torch.allclose(bend[0, 2], bend[0, 0] / 3)
     assert torch.equal(bend[0, 3:], torch.zeros_like(bend[0, 3:]))  # the seam and everything after: unbent
     assert torch.equal(bend[1], torch.zeros_like(bend[1]))  # a one-action prefix is its own seam
+
+
+def test_the_shipped_rtc_checkpoint_continues_the_previous_chunk_and_the_demo_one_cannot():
+    from pathlib import Path
+
+    from hlrp_ros.policies.factory import load_policy
+
+    models = Path(__file__).resolve().parents[1] / "models"
+    rtc_model, plain = load_policy(models / "demo_arm_rtc"), load_policy(models / "demo_arm")
+    assert rtc_model.supports_conditioning and not plain.supports_conditioning
+    obs = make_observation(3, instruction="touch the red circle", image_hw=(64, 64), state_dim=3)
+    due = rtc_model.sample_chunk(rtc_model.encode_prefix(obs), noise=fixed_noise(rtc_model, 1))[4:]
+    chunk = rtc_model.sample_chunk(rtc_model.encode_prefix(obs), noise=fixed_noise(rtc_model, 2),
+                                   guide=ChunkGuide(due, delay=5, execution_horizon=4, method="conditioned"))
+    assert torch.allclose(chunk[:5], due[:5], atol=1e-5)
