@@ -703,8 +703,8 @@ class HLRPPolicy(nn.Module, ActionExpert):
     def _conditioned_delay(self, guide: ChunkGuide) -> int:
         """Leading actions given to the model: ``d``, at most the rows the guide has and ``rtc_max_delay``.
 
-        Beyond the trained prefix length the rest is sampled free (continuing the given part); those actions
-        are due before the chunk arrives and are never executed anyway.
+        Beyond the trained prefix length the rest is sampled free, continuing the given part: the seam is exact
+        only while the delay stays within ``rtc_max_delay`` (train with the delays the robot will see).
         """
         return min(guide.delay, guide.actions.shape[-2], self.config.rtc_max_delay)
 
