@@ -63,6 +63,8 @@ IMAGE_STORAGES = ("video", "image")
 PARTIAL = ".partial"
 # Frames per video sampled for the image statistics of one episode.
 IMAGE_STATS_FRAMES = 50
+#: Features every dataset has (state, action, the bookkeeping columns): not cameras, not extras.
+STANDARD_FEATURES = frozenset({STATE, ACTION, *(name for name, _ in INDEX_FEATURES)})
 
 
 class DatasetError(RuntimeError):
@@ -147,9 +149,8 @@ class DatasetSpec:
         for name, (height, width) in self.cameras.items():
             if self.image_storage == "video" and (height % 2 or width % 2):
                 raise ValueError(f"camera {name}: {self.pix_fmt} video needs even sizes, got {height}x{width}")
-        reserved = {STATE, ACTION, *(name for name, _ in INDEX_FEATURES)}
         for key in self.extras:
-            if key in reserved or key.startswith(IMAGE_PREFIX):
+            if key in STANDARD_FEATURES or key.startswith(IMAGE_PREFIX):
                 raise ValueError(f"extra feature {key!r} would replace a standard feature")
 
     @property
@@ -184,7 +185,6 @@ class DatasetSpec:
         """The spec of an existing dataset (its ``info.json``)."""
         features = info["features"]
         cameras, codec, pix_fmt, storage, extras = {}, "libx264", "yuv420p", "video", {}
-        standard = {STATE, ACTION, *(name for name, _ in INDEX_FEATURES)}
         for key, feature in features.items():
             if feature["dtype"] in IMAGE_STORAGES and key.startswith(IMAGE_PREFIX):
                 cameras[key[len(IMAGE_PREFIX):]] = (int(feature["shape"][0]), int(feature["shape"][1]))
@@ -192,7 +192,7 @@ class DatasetSpec:
                 video = feature.get("info", {})
                 codec = {"h264": "libx264", "av1": "libsvtav1"}.get(video.get("video.codec"), codec)
                 pix_fmt = video.get("video.pix_fmt", pix_fmt)
-            elif key not in standard:
+            elif key not in STANDARD_FEATURES:
                 extras[key] = FrameFeature.from_info(feature)
         return cls(fps=int(info["fps"]), joint_names=tuple(features[STATE]["names"]), cameras=cameras,
                    robot_type=info.get("robot_type") or "unknown", unit=features[STATE].get("unit", "rad"),

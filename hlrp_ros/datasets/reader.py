@@ -20,9 +20,10 @@ import numpy as np
 from hlrp_ros.datasets.lerobot_v3 import (
     ACTION,
     CODEBASE_VERSION,
-    INDEX_FEATURES,
+    IMAGE_STORAGES,
     INFO_PATH,
     PARTIAL,
+    STANDARD_FEATURES,
     STATE,
     STATS_PATH,
     TASKS_PATH,
@@ -93,14 +94,13 @@ class DatasetReader:
     @property
     def camera_keys(self) -> list[str]:
         """Camera features, stored as videos or as images."""
-        return [k for k, f in self.features.items() if f["dtype"] in ("video", "image")]
+        return [k for k, f in self.features.items() if f["dtype"] in IMAGE_STORAGES]
 
     @property
     def extra_keys(self) -> list[str]:
         """Per-frame features other than the cameras, state, action and LeRobot's bookkeeping columns."""
-        standard = {STATE, ACTION, *(name for name, _ in INDEX_FEATURES)}
         return [k for k, f in self.features.items()
-                if k not in standard and f["dtype"] not in ("video", "image", "string")]
+                if k not in STANDARD_FEATURES and f["dtype"] not in (*IMAGE_STORAGES, "string")]
 
     @property
     def joint_names(self) -> list[str]:
