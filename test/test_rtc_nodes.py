@@ -49,18 +49,21 @@ def in_process_policy(context, checkpoint, name: str, **params):
     values = {"checkpoint": str(checkpoint), "camera_topics": ["/rtc_test/top"], "camera_names": ["top"],
               "joint_states_topic": "/rtc_test/joint_states", "instruction_topic": "/rtc_test/instruction",
               "output_topic": "/rtc_test/action_chunk", "inference_period": 1000.0, "action_period": 0.1,
-              "max_observation_age": 1000.0, "torch_threads": 1, "rtc_fixed_delay_steps": 3, **params}
+              "max_observation_age": 1000.0, "torch_threads": 1, "rtc_fixed_delay_steps": 3,
+              # no robot executes these random-weight chunks: the fed joint states are unrelated to them
+              "rtc_max_state_divergence": 0.0, **params}
     return PolicyNode(name, context=context, parameter_overrides=[Parameter(k, value=v) for k, v in values.items()])
 
 
-def feed(node, seed: int, instruction: str = "pick up the cube") -> None:
+def feed(node, seed: int, instruction: str = "pick up the cube", positions=None) -> None:
     """Inputs as the subscriptions keep them: a camera frame, joint states and the instruction."""
     from std_msgs.msg import String
 
     now = node.get_clock().now().nanoseconds
     image = camera_image(now, seed=seed)
     node.latest["/rtc_test/top"] = (image, now)
-    node.latest["/rtc_test/joint_states"] = (joint_state(now, JOINTS, [0.3 * seed, -0.2 * seed]), now)
+    positions = [0.3 * seed, -0.2 * seed] if positions is None else [float(v) for v in positions]
+    node.latest["/rtc_test/joint_states"] = (joint_state(now, JOINTS, positions), now)
     node.latest["/rtc_test/instruction"] = (String(data=instruction), now)
 
 
@@ -112,6 +115,32 @@ def test_policy_node_hands_a_conditioned_model_the_actions_its_previous_chunk_ha
         assert np.max(np.abs(second.actions[:4] - due[:4])) < 1e-4
         assert np.max(np.abs(second.actions[4:8] - due[4:8])) > 0.05
         assert node.seams.counts["guided"] == 1 and node._rtc_values()["rtc.mode"] == "conditioned"
+    finally:
+        node.destroy_node()
+
+
+def test_a_conditioned_chunk_continues_the_plan_only_while_the_arm_follows_it(conditioned_checkpoint,
+                                                                              rclpy_context):
+    node = in_process_policy(rclpy_context, conditioned_checkpoint, "policy_rtc_divergence", rtc_mode="conditioned",
+                             rtc_max_state_divergence=0.5, first_action_delay=0.0)
+    try:
+        feed(node, 1)
+        assert node.infer_once()
+        first = node.seams.previous
+        # the arm where the plan has it now: continued
+        now = node.get_clock().now().nanoseconds
+        feed(node, 2, positions=due_actions(first, now, first.dt, 1)[0] + 0.1)
+        assert node.infer_once() and node.seams.counts["guided"] == 1
+        assert 0.0 <= node._rtc_values()["rtc.state_divergence_last"] < 0.5
+        # the arm 1 rad away from the plan (a reset, a teleport): a fresh chunk, not bent onto the old plan
+        second = node.seams.previous
+        now = node.get_clock().now().nanoseconds
+        feed(node, 3, positions=due_actions(second, now, second.dt, 1)[0] + np.array([1.0, 0.0]))
+        assert node.infer_once() and node.seams.counts["state_diverged"] == 1
+        third = node.seams.previous
+        due = due_actions(second, third.first_action_ns, third.dt, 16)
+        assert np.max(np.abs(third.actions[:4] - due[:4])) > 0.05  # not the old plan's rows
+        assert node._rtc_values()["rtc.chunks.state_diverged"] == 1
     finally:
         node.destroy_node()
 
@@ -196,7 +225,8 @@ def seam_departures(node_process, checkpoint, rtc_mode: str, seams: int = 6) -> 
               "joint_states_topic": "/rtc_seam/joint_states", "instruction_topic": "/rtc_seam/instruction",
               "output_topic": "/rtc_seam/action_chunk", "inference_period": 0.5, "action_period": 0.1,
               "max_observation_age": 2.0, "torch_threads": 1, "seed": 0, "rtc_mode": rtc_mode,
-              "extra_inference_delay": 0.3, "rtc_delay_warmup": 1}
+              "extra_inference_delay": 0.3, "rtc_delay_warmup": 1,
+              "rtc_max_state_divergence": 0.0}  # static joint states: nothing executes these random plans
     controller = {"joint_names": JOINTS, "control_rate": 50.0, "input_topic": "/rtc_seam/action_chunk",
                   "output_topic": "/rtc_seam/joint_command", "joint_states_topic": "", "require_joint_state": False,
                   "interpolation": "linear", "seam_threshold": 0.0, "max_chunk_age": 3.0, "watchdog_timeout": 3.0}

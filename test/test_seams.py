@@ -69,7 +69,28 @@ def test_planner_guides_only_with_a_usable_previous_chunk_of_the_same_instructio
     assert planner.plan("guided", 1_300 * MS, 0.1, 0.1, "stop").reason == "instruction_changed"
     assert planner.plan("guided", 2_000 * MS, 0.1, 0.1, "go").reason == "stale_previous"
     assert planner.plan("off", 1_300 * MS, 0.1, 0.1, "go").due is None
-    assert planner.counts == {"guided": 1, "no_previous": 1, "stale_previous": 1, "instruction_changed": 1, "off": 1}
+    assert planner.counts == {"guided": 1, "no_previous": 1, "stale_previous": 1, "instruction_changed": 1,
+                              "state_diverged": 0, "off": 1}
+
+
+def test_a_robot_that_has_left_the_previous_chunk_gets_a_fresh_chunk_not_a_continuation():
+    planner = SeamPlanner(RtcConfig(mode="conditioned", fixed_delay_steps=2, max_state_divergence=0.5), 16, 3)
+    planner.published(ramp_chunk(), latency_s=0.01)
+    # observed at 1.25 s, where the previous chunk has (2.5, -2.5) due: tracking it within 0.5 continues it
+    on_track = planner.plan("conditioned", 1_300 * MS, 0.1, 0.05, "go", np.array([2.2, -2.7]), 1_250 * MS)
+    assert on_track.reason == "guided" and on_track.due is not None
+    assert planner.last_divergence == pytest.approx(0.3)
+    # the same instant after a reset or a teleport: sampled fresh from the observation
+    moved = planner.plan("conditioned", 1_300 * MS, 0.1, 0.05, "go", np.array([0.0, 0.0]), 1_250 * MS)
+    assert moved.reason == "state_diverged" and moved.due is None
+    assert planner.counts["state_diverged"] == 1
+    # no state to compare (the state is not the action's joints), or the check off: continued
+    assert planner.plan("conditioned", 1_300 * MS, 0.1, 0.05, "go").reason == "guided"
+    unchecked = SeamPlanner(RtcConfig(mode="conditioned", max_state_divergence=0.0), 16, 3)
+    unchecked.published(ramp_chunk(), latency_s=0.01)
+    assert unchecked.plan("conditioned", 1_300 * MS, 0.1, 0.05, "go", np.zeros(2), 1_250 * MS).reason == "guided"
+    # observed before the previous chunk started: it cannot have been executed yet, nothing to hold it against
+    assert planner.plan("conditioned", 1_100 * MS, 0.1, 0.05, "go", np.zeros(2), 900 * MS).reason == "guided"
 
 
 def test_a_fixed_delay_replaces_the_estimate():
@@ -84,6 +105,8 @@ def test_config_rejects_bad_values():
         RtcConfig(mode="blend")
     with pytest.raises(ValueError, match="beta"):
         RtcConfig(beta=0.0)
+    with pytest.raises(ValueError, match="max_state_divergence"):
+        RtcConfig(max_state_divergence=float("nan"))
     with pytest.raises(ValueError, match="window"):
         DelayEstimator(window=0)
 

@@ -9,6 +9,11 @@ quantile of the last gather-to-publish latencies. :func:`delay_steps` turns that
 controller switches at the index due on arrival, so the first ``d`` actions of the new chunk are never
 executed and are frozen to the previous chunk's.
 
+A previous chunk is continued only while the robot is where it says: when the measured joint positions at the
+new observation are farther from the previous chunk's action due at that instant than
+``RtcConfig.max_state_divergence`` (a reset, a teleport, a collision, an operator moving the arm), the new
+chunk is sampled fresh from the observation instead of bending it back onto a plan the robot has left.
+
 Numbers only (no ROS, no torch): :class:`SeamPlanner` is unit-tested on its own and the node calls it.
 """
 
@@ -113,6 +118,8 @@ class RtcConfig:
         delay_quantile: Quantile of the window used as the delay.
         delay_warmup: First latencies left out of the estimate.
         fixed_delay_steps: ``d`` in action steps instead of the estimate (-1: estimate online).
+        max_state_divergence: Largest distance (max over joints, action units) between the measured state and
+            the previous chunk's action due at the observation for that chunk to be continued; 0: no check.
     """
 
     mode: str = "off"
@@ -122,6 +129,7 @@ class RtcConfig:
     delay_quantile: float = 0.95
     delay_warmup: int = 2
     fixed_delay_steps: int = -1
+    max_state_divergence: float = 0.5
 
     def __post_init__(self) -> None:
         if self.mode not in RTC_MODES:
@@ -130,6 +138,8 @@ class RtcConfig:
             raise ValueError(f"beta must be > 0, got {self.beta}")
         if self.execution_horizon < 0 or self.fixed_delay_steps < -1:
             raise ValueError("execution_horizon must be >= 0 and fixed_delay_steps >= -1")
+        if not (math.isfinite(self.max_state_divergence) and self.max_state_divergence >= 0):
+            raise ValueError(f"max_state_divergence must be >= 0, got {self.max_state_divergence}")
 
 
 @dataclass(frozen=True)
@@ -157,8 +167,10 @@ class SeamPlanner:
         self.default_horizon = min(max(default_horizon, 0), chunk_size)
         self.delays = DelayEstimator(config.delay_window, config.delay_quantile, config.delay_warmup)
         self.previous: PublishedChunk | None = None
-        self.counts = {"guided": 0, "no_previous": 0, "stale_previous": 0, "instruction_changed": 0, "off": 0}
+        self.counts = {"guided": 0, "no_previous": 0, "stale_previous": 0, "instruction_changed": 0,
+                       "state_diverged": 0, "off": 0}
         self.last_delay = -1
+        self.last_divergence = -1.0  # of the last checked observation (action units); -1: none checked yet
 
     @property
     def execution_horizon(self) -> int:
@@ -169,10 +181,17 @@ class SeamPlanner:
         """Drops the previous chunk (the next one is sampled unguided)."""
         self.previous = None
 
-    def plan(self, mode: str, first_action_ns: int, dt: float, first_action_delay: float, instruction: str) -> SeamPlan:
-        """The guide of the chunk whose first action is due at ``first_action_ns``."""
+    def plan(self, mode: str, first_action_ns: int, dt: float, first_action_delay: float, instruction: str,
+             state: np.ndarray | None = None, state_ns: int | None = None) -> SeamPlan:
+        """The guide of the chunk whose first action is due at ``first_action_ns``.
+
+        ``state`` (the measured positions of the action's joints, observed at ``state_ns``) enables the
+        divergence check; None skips it (a state that is not the action's joints cannot be compared).
+        """
         s = self.execution_horizon
         reason = self._unguided_reason(mode, instruction)
+        if reason is None and self._diverged(state, state_ns):
+            reason = "state_diverged"
         due = None
         if reason is None:
             due = due_actions(self.previous, first_action_ns, dt, self.chunk_size)
@@ -195,6 +214,17 @@ class SeamPlanner:
         if self.previous.instruction != instruction:
             return "instruction_changed"
         return None
+
+    def _diverged(self, state: np.ndarray | None, state_ns: int | None) -> bool:
+        """Whether the robot has left the previous chunk: measured state far from its action due at ``state_ns``."""
+        limit = self.config.max_state_divergence
+        if limit <= 0 or state is None or state_ns is None:
+            return False
+        expected = due_actions(self.previous, state_ns, self.previous.dt, 1)
+        if expected is None:  # observed before that chunk started (or after it ran out): nothing to compare
+            return False
+        self.last_divergence = float(np.max(np.abs(np.asarray(state, dtype=float) - expected[0])))
+        return self.last_divergence > limit
 
     def published(self, chunk: PublishedChunk, latency_s: float) -> None:
         """Records a published chunk and its gather-to-publish latency (seconds)."""

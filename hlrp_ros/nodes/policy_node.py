@@ -127,6 +127,11 @@ PARAMS = (
               minimum=0, maximum=10000),
     ParamSpec("rtc_fixed_delay_steps", -1, "Real-time chunking: inference delay d in action steps instead of the "
               "online estimate (-1: estimate).", minimum=-1, maximum=100000),
+    ParamSpec("rtc_max_state_divergence", 0.5, "Real-time chunking: the previous chunk is continued only while the "
+              "measured joint positions are within this of its action due at the observation (max over joints, "
+              "action units); farther (a reset, a teleport, a collision) the chunk is sampled fresh. 0: no check. "
+              "Applies when the state is the action's joints.", minimum=0.0, maximum=1e6,
+              fixed_because="it is part of the real-time chunking planner built at start-up"),
     ParamSpec("extra_inference_delay", 0.0, "EVALUATION ONLY: sleep this long (s) before publishing each chunk, to "
               "measure behaviour at inference delays the machine does not produce. Keep 0 on a robot.",
               minimum=0.0, maximum=10.0, read_only=False),
@@ -295,7 +300,11 @@ class PolicyNode(Node):
                                              "(HLRP trained with rtc_max_delay > 0); this one was not (use guided)")
         config = RtcConfig(mode=p["rtc_mode"], beta=p["rtc_beta"], execution_horizon=p["rtc_execution_horizon"],
                            delay_window=p["rtc_delay_window"], delay_quantile=p["rtc_delay_quantile"],
-                           delay_warmup=p["rtc_delay_warmup"], fixed_delay_steps=p["rtc_fixed_delay_steps"])
+                           delay_warmup=p["rtc_delay_warmup"], fixed_delay_steps=p["rtc_fixed_delay_steps"],
+                           max_state_divergence=p["rtc_max_state_divergence"])
+        if p["rtc_mode"] != "off" and self.state_names != self.joint_names and p["rtc_max_state_divergence"] > 0:
+            self.get_logger().info("rtc_max_state_divergence is not checked: the state "
+                                   f"{self.state_names} is not the action's joints {self.joint_names}")
         default_s = round(p["inference_period"] / p["action_period"])
         return SeamPlanner(config, self.policy.config.chunk_size, default_s)
 
@@ -591,7 +600,7 @@ class PolicyNode(Node):
             return False
         try:
             prefix = self.policy.encode_prefix(obs)
-            chunk = self._sample_chunk(prefix, now_ns, obs.instruction)
+            chunk = self._sample_chunk(prefix, now_ns, obs, stamp_ns)
         except Exception as exc:  # a model error must not kill the node
             self.reject("model_error", f"no chunk: inference failed: {type(exc).__name__}: {exc}")
             return False
@@ -617,11 +626,13 @@ class PolicyNode(Node):
     def _first_action_ns(self, now_ns: int) -> int:
         return now_ns + int(self.params["first_action_delay"] * 1e9)
 
-    def _sample_chunk(self, prefix, now_ns: int, instruction: str):
+    def _sample_chunk(self, prefix, now_ns: int, obs: Observation, stamp_ns: int):
         """``sample_chunk``, continuing the previous chunk's due actions when ``rtc_mode`` is not off."""
         p = self.params
+        # the measured state can be held against the previous chunk's actions only when they are its joints
+        state = obs.state if self.state_names == self.joint_names else None
         plan = self.seams.plan(p["rtc_mode"], self._first_action_ns(now_ns), p["action_period"],
-                               p["first_action_delay"], instruction)
+                               p["first_action_delay"], obs.instruction, state, stamp_ns)
         if plan.due is None:
             return self.policy.sample_chunk(prefix, num_steps=self.num_steps, generator=self.generator)
         import torch
@@ -651,6 +662,7 @@ class PolicyNode(Node):
         estimate = self.seams.delays.estimate()
         values = {"rtc.mode": self.params["rtc_mode"], "rtc.beta": self.params["rtc_beta"],
                   "rtc.execution_horizon": self.seams.execution_horizon, "rtc.delay_steps_last": self.seams.last_delay,
+                  "rtc.state_divergence_last": self.seams.last_divergence,
                   "rtc.delay_estimate_s": -1.0 if estimate is None else estimate,
                   "rtc.extra_inference_delay": self.params["extra_inference_delay"]}
         values.update({f"rtc.chunks.{reason}": n for reason, n in self.seams.counts.items()})
