@@ -17,7 +17,7 @@ from hlrp_ros.datasets.synthetic import LENGTHS, SPEC, synthetic_frame, write_sy
 from hlrp_ros.datasets.training_arrays import training_arrays
 from hlrp_ros.policies.base import Observation
 from hlrp_ros.policies.factory import load_policy
-from hlrp_ros.tools.train_families import ObservationBatcher, build_family_policy
+from hlrp_ros.tools.train_families import ObservationBatcher, augment_instruction, build_family_policy
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +83,25 @@ def test_history_needs_every_frame_of_each_episode_in_order():
             ObservationBatcher(data, policy, ["reach the red target"])
     data["frame_index"] = np.array([0, 1, 0, 1])
     assert len(ObservationBatcher(data, policy, ["reach the red target"])) == 4
+
+
+def test_instruction_augmentation_changes_other_words_and_never_the_colour():
+    rng = np.random.default_rng(0)
+    text = "move the arm to the blue target"
+    unseen = [augment_instruction(text, rng, 0.5, 0.0, ["cube"]) for _ in range(200)]
+    known = [augment_instruction(text, rng, 0.0, 0.5, ["cube"]) for _ in range(200)]
+    assert all("blue" in t.split() for t in unseen + known)
+    assert sum(t != text for t in unseen) > 150 and sum(t != text for t in known) > 150
+    assert any(len(t.split()) == len(text.split()) + 1 for t in known)  # an inserted word
+    assert set(" ".join(known).split()) <= set(text.split()) | {"cube"}
+    assert augment_instruction(text, rng, 0.0, 0.0, ["cube"]) == text
+
+
+def test_families_train_with_the_hlrp_recipes_instruction_augmentation(dataset, tmp_path):
+    info = train(dataset, tmp_path / "pi0aug", "--policy", "pi0", "--word-dropout", "0.1", "--random-words", "0.1")
+    assert info["word_dropout"] == 0.1 and info["random_words"] == 0.1 and np.isfinite(info["loss_ema"])
+    data = training_arrays(dataset, 8, None, 32)
+    policy = build_family_policy("pi0", 8, 4, 32, list(SPEC.joint_names), "top")
+    batcher = ObservationBatcher(data, policy, [str(t) for t in data["instructions"]], 0.5, 0.5)
+    seen = {batcher._observation(0, [], np.random.default_rng(k)).instruction for k in range(20)}
+    assert len(seen) > 10  # a different instruction each draw

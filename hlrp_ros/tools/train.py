@@ -224,9 +224,8 @@ def train(args: argparse.Namespace) -> Path:
         policy = build_policy(horizon, args.n_action_steps, data["images"].shape[1], joint_names, words,
                               args.rtc_max_delay, args.rtc_prefix_noise)
     else:
-        if args.word_dropout or args.random_words or args.vocabulary != "default" or args.rtc_max_delay:
-            raise SystemExit("--word-dropout / --random-words / --vocabulary / --rtc-max-delay act on the HLRP "
-                             "model: --policy hlrp only")
+        if args.vocabulary != "default" or args.rtc_max_delay:
+            raise SystemExit("--vocabulary / --rtc-max-delay act on the HLRP model: --policy hlrp only")
         policy = build_family_policy(args.policy, horizon, args.n_action_steps, data["images"].shape[1],
                                      joint_names or list(ArmSpec().joint_names), "top", args.n_obs_steps,
                                      language=not args.blind)
@@ -254,7 +253,8 @@ def train(args: argparse.Namespace) -> Path:
         batcher = Batcher(data, policy, args.blind, args.word_dropout, args.random_words)
     else:
         batcher = ObservationBatcher(data, policy, [BLIND_INSTRUCTION if args.blind else str(t)
-                                                    for t in data["instructions"]])
+                                                    for t in data["instructions"]],
+                                     args.word_dropout, args.random_words)
     command = "python -m hlrp_ros.tools.train " + " ".join(shlex.quote(a) for a in args.argv)
     history = []  # every command that contributed to this run (a resume may change --steps)
     if start and (last / "training.json").is_file():
@@ -335,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init-from", type=Path, default=None,
                         help="start from this checkpoint's weights and statistics (fine-tuning)")
     parser.add_argument("--word-dropout", type=float, default=0.0,
-                        help="probability of replacing a non-colour word with <unk> / inserting one (see Batcher)")
+                        help="probability of replacing a non-colour word with <unk> / inserting one (see Batcher; other "
+                             "families: an unseen random word, see train_families.augment_instruction)")
     parser.add_argument("--random-words", type=float, default=0.0,
                         help="probability of replacing a non-colour word with / inserting a random word (see Batcher)")
     parser.add_argument("--rtc-max-delay", type=int, default=0,

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from hlrp_ros.policies.base import Observation, history_length
+from hlrp_ros.sim.world import COLOURS
 
 #: ``--policy`` choices: the family and its variant.
 FAMILIES = ("hlrp", "pi0", "pi05", "diffusion")
@@ -75,11 +76,44 @@ def consecutive_frames(episode: np.ndarray, frame_index: np.ndarray) -> bool:
     return bool(np.array_equal(frame_index, expected))
 
 
-class ObservationBatcher:
-    """Batches of ``Observation`` objects collated by the policy's own processor (see module docstring)."""
+def unseen_word(rng: np.random.Generator) -> str:
+    """A random lower-case letter string (3-8 letters): a word no training instruction contains."""
+    return "".join(chr(c) for c in rng.integers(ord("a"), ord("z") + 1, size=int(rng.integers(3, 9))))
 
-    def __init__(self, data: dict[str, np.ndarray], policy, instructions: list[str]) -> None:
+
+def augment_instruction(text: str, rng: np.random.Generator, unseen: float, known: float,
+                        known_words: list[str]) -> str:
+    """The HLRP recipe's instruction augmentation at the level of text, for the families' own tokenizers.
+
+    ``unseen`` p: each word other than the colour becomes an unseen word (:func:`unseen_word`, what
+    ``<unk>`` is to the HLRP word-level tokenizer) with probability p, and with probability p one is
+    inserted at a random place. ``known`` p: the same with a random word of ``known_words``. Both teach
+    that words other than the colour carry no task information, so paraphrases with new words keep working.
+    """
+    words = text.split()
+    for p, fill in ((unseen, lambda: unseen_word(rng)), (known, lambda: str(rng.choice(known_words)))):
+        if p <= 0:
+            continue
+        words = [fill() if w.lower() not in COLOURS and rng.random() < p else w for w in words]
+        if rng.random() < p:
+            words.insert(int(rng.integers(0, len(words) + 1)), fill())
+    return " ".join(words)
+
+
+class ObservationBatcher:
+    """Batches of ``Observation`` objects collated by the policy's own processor (see module docstring).
+
+    ``word_dropout`` / ``random_words``: :func:`augment_instruction`'s ``unseen`` / ``known`` probabilities,
+    drawn from the batch's ``rng``; the known words are the HLRP tiny tokenizer's vocabulary.
+    """
+
+    def __init__(self, data: dict[str, np.ndarray], policy, instructions: list[str], word_dropout: float = 0.0,
+                 random_words: float = 0.0) -> None:
         self.policy = policy
+        self.word_dropout, self.random_words = word_dropout, random_words
+        from hlrp_ros.policies.hlrp.processor_hlrp import DEFAULT_TINY_WORDS
+
+        self.known_words = [w for w in DEFAULT_TINY_WORDS if w.isalpha() and w not in COLOURS]
         self.images = data["images"]
         self.states = data["states"].astype(np.float32)
         self.actions = data["actions"].astype(np.float32)
@@ -108,11 +142,13 @@ class ObservationBatcher:
     def __len__(self) -> int:
         return len(self.states)
 
-    def _observation(self, i: int, history: list[int]) -> Observation:
+    def _observation(self, i: int, history: list[int], rng: np.random.Generator | None = None) -> Observation:
         def one(j: int) -> Observation:
             return Observation(images={self.camera: self.images[j]}, state=self.states[j], instruction="")
 
         text = self.instructions[int(self.instruction_ids[i])]
+        if rng is not None and (self.word_dropout > 0 or self.random_words > 0):
+            text = augment_instruction(text, rng, self.word_dropout, self.random_words, self.known_words)
         past = [one(j) for j in history] if history else None
         return Observation(images={self.camera: self.images[i]}, state=self.states[i], instruction=text, history=past)
 
@@ -130,7 +166,7 @@ class ObservationBatcher:
         for i in (int(k) for k in index):
             history = [] if self.first is None else \
                 [max(int(self.first[i]), i - k) for k in range(self.n_obs_steps - 1, 0, -1)]
-            observations.append(self._observation(i, history))
+            observations.append(self._observation(i, history, rng))
             actions, pad = self._trajectory(i)
             trajectories.append(actions)
             pads.append(pad)
