@@ -33,6 +33,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -44,6 +45,9 @@ from hlrp_ros.chunk_codec import encode_chunk, time_to_ns
 from hlrp_ros.control.ordering import arrives_out_of_order
 from hlrp_ros.control.seams import RTC_MODES, PublishedChunk, RtcConfig, SeamPlanner
 from hlrp_ros.control.ticks import TickGate
+
+if TYPE_CHECKING:  # torch is imported after the host-memory settings (tune_host_memory)
+    from hlrp_ros.policies.base import Observation
 from hlrp_ros.diagnostics import OK, WARN, ReasonThrottle, make_array, make_status
 from hlrp_ros.nodes import (
     ParameterError,
