@@ -33,7 +33,6 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -45,9 +44,6 @@ from hlrp_ros.chunk_codec import encode_chunk, time_to_ns
 from hlrp_ros.control.ordering import arrives_out_of_order
 from hlrp_ros.control.seams import RTC_MODES, PublishedChunk, RtcConfig, SeamPlanner
 from hlrp_ros.control.ticks import TickGate
-
-if TYPE_CHECKING:  # torch is imported after the host-memory settings (tune_host_memory)
-    from hlrp_ros.policies.base import Observation
 from hlrp_ros.diagnostics import OK, WARN, ReasonThrottle, make_array, make_status
 from hlrp_ros.nodes import (
     ParameterError,
@@ -59,7 +55,7 @@ from hlrp_ros.nodes import (
     run_node,
     steady_timer,
 )
-from hlrp_ros.policies.base import ObservationHistoryError, fitted_size, history_length
+from hlrp_ros.policies.base import Observation, ObservationHistoryError, fitted_size, history_length
 from hlrp_ros.ros_image import BACKENDS, ImageConverter, ImageError
 
 PARAMS = (
@@ -306,7 +302,7 @@ class PolicyNode(Node):
                            delay_window=p["rtc_delay_window"], delay_quantile=p["rtc_delay_quantile"],
                            delay_warmup=p["rtc_delay_warmup"], fixed_delay_steps=p["rtc_fixed_delay_steps"],
                            max_state_divergence=p["rtc_max_state_divergence"])
-        if p["rtc_mode"] != "off" and self.state_names != self.joint_names and p["rtc_max_state_divergence"] > 0:
+        if p["rtc_mode"] != "off" and not self._state_is_action_joints() and p["rtc_max_state_divergence"] > 0:
             self.get_logger().info("rtc_max_state_divergence is not checked: the state "
                                    f"{self.state_names} is not the action's joints {self.joint_names}")
         default_s = round(p["inference_period"] / p["action_period"])
@@ -534,8 +530,6 @@ class PolicyNode(Node):
     def gather(self, latest: dict, now_ns: int):
         """Checked inputs from the snapshot ``latest`` (topic -> (message, receive ns)), judged at ``now_ns``:
         ``(Observation, oldest input stamp ns)``; InputRejected when one is unusable."""
-        from hlrp_ros.policies.base import Observation
-
         instruction = self._instruction_text(latest)
         images, state, stamp_ns = self.gather_sensors(latest, now_ns)
         obs = Observation(images=images, state=state, instruction=instruction,
@@ -559,8 +553,6 @@ class PolicyNode(Node):
         An unusable input adds nothing; the tick that needs the missing time then reports the gap (and
         ``infer_once`` the input's own reason).
         """
-        from hlrp_ros.policies.base import Observation
-
         latest = dict(self.latest)
         try:
             images, state, stamp_ns = self.gather_sensors(latest, self.get_clock().now().nanoseconds)
@@ -630,11 +622,14 @@ class PolicyNode(Node):
     def _first_action_ns(self, now_ns: int) -> int:
         return now_ns + int(self.params["first_action_delay"] * 1e9)
 
+    def _state_is_action_joints(self) -> bool:
+        """Whether the measured state can be held against the actions (the same joints, in the same order)."""
+        return self.state_names == self.joint_names
+
     def _sample_chunk(self, prefix, now_ns: int, obs: Observation, stamp_ns: int):
         """``sample_chunk``, continuing the previous chunk's due actions when ``rtc_mode`` is not off."""
         p = self.params
-        # the measured state can be held against the previous chunk's actions only when they are its joints
-        state = obs.state if self.state_names == self.joint_names else None
+        state = obs.state if self._state_is_action_joints() else None
         plan = self.seams.plan(p["rtc_mode"], self._first_action_ns(now_ns), p["action_period"],
                                p["first_action_delay"], obs.instruction, state, stamp_ns)
         if plan.due is None:
