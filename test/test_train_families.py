@@ -95,6 +95,8 @@ def test_instruction_augmentation_changes_other_words_and_never_the_colour():
     assert any(len(t.split()) == len(text.split()) + 1 for t in known)  # an inserted word
     assert set(" ".join(known).split()) <= set(text.split()) | {"cube"}
     assert augment_instruction(text, rng, 0.0, 0.0, ["cube"]) == text
+    # a colour with punctuation attached (recorded instructions) is still the colour
+    assert all("blue." in augment_instruction("reach blue.", rng, 1.0, 0.0, ["cube"]).split() for _ in range(20))
 
 
 def test_families_train_with_the_hlrp_recipes_instruction_augmentation(dataset, tmp_path):

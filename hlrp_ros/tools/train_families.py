@@ -94,7 +94,7 @@ def augment_instruction(text: str, rng: np.random.Generator, unseen: float, know
     for p, fill in ((unseen, lambda: unseen_word(rng)), (known, lambda: str(rng.choice(known_words)))):
         if p <= 0:
             continue
-        words = [fill() if w.lower() not in COLOURS and rng.random() < p else w for w in words]
+        words = [fill() if w.lower().strip(".,;:!?") not in COLOURS and rng.random() < p else w for w in words]
         if rng.random() < p:
             words.insert(int(rng.integers(0, len(words) + 1)), fill())
     return " ".join(words)
