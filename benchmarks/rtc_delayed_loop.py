@@ -32,6 +32,7 @@ def run(checkpoint: Path, mode: str, delay_steps: int, episodes: int, seed: int,
     from hlrp_ros.policies.factory import load_policy
     from hlrp_ros.sim.render import Camera
     from hlrp_ros.sim.rollout import ACTION_DT
+    from hlrp_ros.sim.success import GoalDwell
     from hlrp_ros.sim.world import World
     from hlrp_ros.tools.evaluate import plan_episode
 
@@ -58,7 +59,7 @@ def run(checkpoint: Path, mode: str, delay_steps: int, episodes: int, seed: int,
     for e in range(episodes):
         plan = plan_episode("train", seed, e, 1.0)
         world.reset(seed=plan["seed"])
-        current, on_steps, success_step = None, 0, None
+        current, goal = None, GoalDwell(dwell)
         landing, pending = m, infer(plan["instruction"], 0, None)
         for n in range(int(round(timeout / ACTION_DT))):
             if n >= landing:
@@ -67,12 +68,11 @@ def run(checkpoint: Path, mode: str, delay_steps: int, episodes: int, seed: int,
                 world.set_command(current[0][min(n - current[1], len(current[0]) - 1)])
             for _ in range(5):
                 world.step(ACTION_DT / 5)
-            on_steps = on_steps + 1 if world.on_target(plan["colour"]) else 0
-            if on_steps * ACTION_DT >= dwell - 1e-9:
-                success_step = n
+            goal.update(world.on_target(plan["colour"]), (n + 1) * ACTION_DT)
+            if goal.success:
                 break
-        outcomes.append({"success": success_step is not None,
-                         "success_time": None if success_step is None else (success_step + 1) * ACTION_DT,
+        outcomes.append({"success": goal.success,
+                         "success_time": goal.success_time,
                          "final_distance": round(float(world.distance_to(plan["colour"])), 4),
                          "final_nearest": world.nearest_target()[0], "goal": plan["colour"]})
     times = [o["success_time"] for o in outcomes if o["success"]]

@@ -189,3 +189,25 @@ def test_demo_sim_node_camera_joints_commands_reset_and_success(node_process, rc
     finally:
         node.destroy_node()
     assert sim.stop() == 0, sim.output()
+
+
+def test_success_is_staying_on_the_goal_for_the_dwell_time_and_is_latched():
+    from hlrp_ros.sim.success import GoalDwell
+
+    goal = GoalDwell(0.5)
+    times = [round(0.1 * i, 10) for i in range(1, 20)]
+    on = [False, True, True, False, True, True, True, True, True, True, False, False] + [False] * 7
+    for t, o in zip(times, on):
+        goal.update(o, t)
+        if t < 0.5:
+            assert goal.reached == any(on[: times.index(t) + 1]) and not goal.success
+    # on at 0.2-0.3 (left), back at 0.5: 0.5 s later (1.0, summed from 0.1 steps) it counts; leaving keeps it
+    assert goal.success and goal.success_time == times[9]
+    summed, t = GoalDwell(0.5), 0.0
+    for i in range(7):  # on from the 2nd step (t = 0.2); at the 7th, t - 0.2 = 0.49999999999999994
+        t += 0.1
+        summed.update(i >= 1, t)
+    assert summed.success and summed.success_time == t
+    arrival = GoalDwell(0.0)  # a dwell of 0 succeeds on arrival
+    arrival.update(True, 3.0)
+    assert arrival.success_time == 3.0

@@ -40,6 +40,7 @@ from std_msgs.msg import Float64MultiArray, String
 from hlrp_ros.nodes import run_node
 from hlrp_ros.sim.language import parse_colour
 from hlrp_ros.sim.render import Camera
+from hlrp_ros.sim.success import GoalDwell
 from hlrp_ros.sim.world import COLOURS, World, WorldSpec
 
 COMMAND_TYPES = ("joint_state", "float64_array")
@@ -108,10 +109,7 @@ class DemoSim(Node):
     # --- episode bookkeeping -------------------------------------------------------------------
     def _new_goal(self, colour: str | None = None) -> None:
         self.goal = colour
-        self.reached = False
-        self.success = False
-        self.success_time: float | None = None
-        self._on_since: float | None = None
+        self.dwell_rule = GoalDwell(self.dwell)
 
     def _on_reset(self, msg: String) -> None:
         try:
@@ -157,15 +155,7 @@ class DemoSim(Node):
         self._q_prev = self.world.q.copy()
         self.world.step(dt)
         if self.goal is not None and self.goal in [t.colour for t in self.world.targets]:
-            if self.world.on_target(self.goal):
-                self.reached = True
-                if self._on_since is None:
-                    self._on_since = self.world.time
-                if not self.success and self.world.time - self._on_since >= self.dwell:
-                    self.success = True
-                    self.success_time = self.world.time
-            else:
-                self._on_since = None
+            self.dwell_rule.update(self.world.on_target(self.goal), self.world.time)
         msg = JointState()
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.name = self.joint_names
@@ -194,9 +184,9 @@ class DemoSim(Node):
             "goal": self.goal,
             "distance": round(w.distance_to(self.goal), 4) if has_goal else None,
             "on_target": bool(has_goal and w.on_target(self.goal)),
-            "reached": self.reached,
-            "success": self.success,
-            "success_time": self.success_time,
+            "reached": self.dwell_rule.reached,
+            "success": self.dwell_rule.success,
+            "success_time": self.dwell_rule.success_time,
             "nearest": w.nearest_target()[0],
             "ee": np.round(w.ee, 4).tolist(),
             "q": np.round(w.q, 4).tolist(),

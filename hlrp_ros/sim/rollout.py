@@ -18,6 +18,7 @@ import numpy as np
 from hlrp_ros.sim.expert import expert_chunk, expert_step, inverse_kinematics
 from hlrp_ros.sim.language import make_instruction
 from hlrp_ros.sim.render import Camera
+from hlrp_ros.sim.success import GoalDwell
 from hlrp_ros.sim.world import World
 
 #: Time between consecutive actions of a chunk (s); the policy node's chunk dt must match.
@@ -103,27 +104,22 @@ def run_policy_episode(world: World, camera: Camera, chunk_fn: Callable[[np.ndar
     The episode ends after ``seconds``, or ``hold`` seconds after the goal was held for ``dwell`` seconds
     (success; ``final_on_target`` then says whether the arm stayed).
     """
-    t, on_since, reached, success_at = 0.0, None, False, None
+    t, goal = 0.0, GoalDwell(dwell)
     queue: list[np.ndarray] = []
     def running() -> bool:
-        return t < seconds if success_at is None else t < success_at + hold - 1e-9
+        return t < seconds if goal.success_time is None else t < goal.success_time + hold - 1e-9
 
     while running():
         if switch is not None and t >= switch[0] and colour != switch[2]:
-            instruction, colour, queue, on_since, reached = switch[1], switch[2], [], None, False
+            # a new goal: success is judged on it alone (a success on the old one does not count)
+            instruction, colour, queue, goal = switch[1], switch[2], [], GoalDwell(dwell)
         if not queue:
             queue = list(chunk_fn(camera.render(world), world.q.astype(np.float32), instruction)[:n_action_steps])
         world.set_command(queue.pop(0))
         for _ in range(5):
             world.step(dt / 5)
         t += dt
-        if world.on_target(colour):
-            reached = True
-            on_since = t if on_since is None else on_since
-            if success_at is None and t - on_since >= dwell:
-                success_at = t
-        else:
-            on_since = None
+        goal.update(world.on_target(colour), t)
     nearest, _ = world.nearest_target()
-    return EpisodeResult(success_at is not None, reached, world.on_target(colour), nearest, world.distance_to(colour),
-                         success_at)
+    return EpisodeResult(goal.success, goal.reached, world.on_target(colour), nearest, world.distance_to(colour),
+                         goal.success_time)
