@@ -239,6 +239,29 @@ def test_language_conditioning_uses_the_current_instruction(lang_policy):
     assert lang_policy.diffusion.global_cond_dim == 2 * (3 + 16) + 16 + 8
 
 
+def test_text_film_makes_the_image_keypoints_depend_on_the_instruction():
+    """With ``text_film_vision`` the trunk's stages are FiLMed on the instruction: the keypoints follow the
+    words. It starts as the identity (zero projection), so a checkpoint trained without it gains it unchanged."""
+    plain, filmed = make_policy(**LANG), make_policy(**LANG, text_film_vision=True)
+    missing = filmed.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == ["diffusion.vision_film.proj.bias", "diffusion.vision_film.proj.weight"]
+    assert filmed.diffusion.vision_film.proj.out_features == 2 * (64 + 128 + 256 + 512)
+    obs = observation(16, abstract_tokens=[1])
+    other = dataclasses.replace(obs, instruction="pull the blue ball")
+
+    def keypoints(model, o):
+        inputs = model._model_inputs(model.processor.collate([o]))
+        with torch.no_grad():
+            return model.diffusion.global_conditioning(inputs)[:, : 2 * (3 + 16)]  # state + image features
+
+    assert torch.equal(keypoints(filmed, obs), keypoints(plain, obs))
+    assert torch.equal(keypoints(plain, other), keypoints(plain, obs))  # blind trunk: the words do not matter
+    torch.nn.init.normal_(filmed.diffusion.vision_film.proj.weight, std=0.5)
+    assert (keypoints(filmed, other) - keypoints(filmed, obs)).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="text_film_vision needs language_conditioned"):
+        DiffusionConfig(**TINY, text_film_vision=True)
+
+
 def test_tokenizer_truncates_and_reports(lang_policy, policy):
     tok = lang_policy.processor.tokenize("push the red cube to the left of the blue ball then stop")
     assert tok.truncated and tok.ids.shape == (1, 8) and tok.num_tokens > 8

@@ -107,3 +107,19 @@ def test_families_train_with_the_hlrp_recipes_instruction_augmentation(dataset, 
     batcher = ObservationBatcher(data, policy, [str(t) for t in data["instructions"]], 0.5, 0.5)
     seen = {batcher._observation(0, [], np.random.default_rng(k)).instruction for k in range(20)}
     assert len(seen) > 10  # a different instruction each draw
+
+
+def test_a_checkpoint_gains_the_vision_film_only_when_asked(dataset, tmp_path):
+    """``--init-from`` is strict; ``--init-new-tensors`` lets a model that gained a module (the diffusion trunk's
+    FiLM) start from a checkpoint without it, every other tensor loaded and still checked."""
+    train(dataset, tmp_path / "plain", "--policy", "diffusion", "--no-vision-film")
+    assert not load_policy(tmp_path / "plain" / "final").config.text_film_vision
+    with pytest.raises(Exception, match="vision_film"):
+        train(dataset, tmp_path / "strict", "--policy", "diffusion", "--init-from", str(tmp_path / "plain" / "final"))
+    info = train(dataset, tmp_path / "film", "--policy", "diffusion", "--init-from", str(tmp_path / "plain" / "final"),
+                 "--init-new-tensors")
+    assert info["init_from"].endswith("final")
+    assert load_policy(tmp_path / "film" / "final").config.text_film_vision
+    with pytest.raises(SystemExit, match="shape"):  # a different model is still refused
+        train(dataset, tmp_path / "other", "--policy", "diffusion", "--n-obs-steps", "2",
+              "--init-from", str(tmp_path / "plain" / "final"), "--init-new-tensors")

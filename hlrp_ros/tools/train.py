@@ -38,7 +38,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from hlrp_ros.policies.hlrp.modeling_hlrp import HLRPPolicy
+from hlrp_ros.policies.common.weights import tensor_problems
+from hlrp_ros.policies.hlrp.modeling_hlrp import HLRPPolicy, read_safetensors
 from hlrp_ros.policies.hlrp.presets import make_config
 from hlrp_ros.policies.hlrp.processor_hlrp import build_tiny_tokenizer, resize_with_pad
 from hlrp_ros.sim.world import COLOURS, ArmSpec
@@ -211,6 +212,25 @@ def save(policy: HLRPPolicy, optimizer: torch.optim.Optimizer, step: int, direct
         tmp.rename(directory)
 
 
+def load_initial_weights(policy, path: Path, keep_new: bool) -> None:
+    """Loads a checkpoint to fine-tune from: strictly, or (``keep_new``) leaving the tensors it lacks as initialised.
+
+    ``keep_new`` is for a model that gained a module the checkpoint predates (one initialised as the identity,
+    like the diffusion policy's ``vision_film``); every other mismatch is still an error naming the tensors.
+    """
+    if not keep_new:
+        policy.load_weights(path)
+        return
+    tensors = read_safetensors(path)
+    own = policy.state_dict()
+    new = sorted(set(own) - set(tensors))
+    problems = tensor_problems({k: v for k, v in own.items() if k in tensors}, tensors, check_finite=True)
+    if problems:
+        raise SystemExit(f"--init-from {path}: " + "; ".join(problems))
+    policy.load_state_dict(tensors, strict=False)
+    logger.info("--init-from: %d tensor(s) the checkpoint lacks keep their initialisation: %s", len(new), new)
+
+
 def train(args: argparse.Namespace) -> Path:
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -228,10 +248,10 @@ def train(args: argparse.Namespace) -> Path:
             raise SystemExit("--vocabulary / --rtc-max-delay act on the HLRP model: --policy hlrp only")
         policy = build_family_policy(args.policy, horizon, args.n_action_steps, data["images"].shape[1],
                                      joint_names or list(ArmSpec().joint_names), "top", args.n_obs_steps,
-                                     language=not args.blind)
+                                     language=not args.blind, vision_film=args.vision_film)
     policy.set_normalization_stats(state=stats(data["states"]), action=stats(data["actions"]))
     if args.init_from is not None:  # its statistics too: its weights were trained against them
-        policy.load_weights(args.init_from / "model.safetensors")
+        load_initial_weights(policy, args.init_from / "model.safetensors", args.init_new_tensors)
     last = args.out / "last"
     start = 0
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=args.lr,
@@ -334,6 +354,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="stop after this step (the schedule still spans --steps; --resume continues)")
     parser.add_argument("--init-from", type=Path, default=None,
                         help="start from this checkpoint's weights and statistics (fine-tuning)")
+    parser.add_argument("--init-new-tensors", action="store_true",
+                        help="with --init-from: tensors the checkpoint lacks (a module added since) keep their "
+                             "initialisation instead of being an error")
+    parser.add_argument("--vision-film", action=argparse.BooleanOptionalAction, default=True,
+                        help="diffusion with language: FiLM the ResNet trunk's stages on the instruction "
+                             "(DiffusionConfig.text_film_vision)")
     parser.add_argument("--word-dropout", type=float, default=0.0,
                         help="probability of replacing a non-colour word with <unk> / inserting one (see Batcher; other "
                              "families: an unseen random word, see train_families.augment_instruction)")

@@ -119,6 +119,10 @@ class DiffusionConfig:
     text_num_heads: int = 4
     # Width of the pooled text feature appended to the global conditioning.
     text_feature_dim: int = 64
+    # FiLM every ResNet stage's output on the pooled text feature (scale 1 + gamma, bias beta; a zero-initialised
+    # projection, so it starts as the identity). Without it the keypoints are computed blind to the instruction
+    # and the UNet alone must pick the named object's position out of them.
+    text_film_vision: bool = False
     # Optional abstract action tokens: an embedding table, mean-pooled and projected.
     abstract_tokens_enabled: bool = False
     abstract_vocab_size: int = 0
@@ -191,6 +195,8 @@ class DiffusionConfig:
             if self.text_num_heads < 1 or self.text_hidden_size % self.text_num_heads:
                 errors.append(f"text_hidden_size ({self.text_hidden_size}) must divide by text_num_heads "
                               f"({self.text_num_heads})")
+        if self.text_film_vision and not self.language_conditioned:
+            errors.append("text_film_vision needs language_conditioned")
         if self.abstract_tokens_enabled and (self.abstract_vocab_size < 1 or self.abstract_max_length < 1
                                              or self.abstract_feature_dim < 1):
             errors.append("abstract_tokens_enabled needs abstract_vocab_size, abstract_max_length and "

@@ -183,7 +183,8 @@ class RgbEncoder(nn.Module):
         self.out = nn.Linear(self.feature_dim, self.feature_dim)
         self.relu = nn.ReLU()
 
-    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def forward(self, x: Tensor, generator: torch.Generator | None = None, film: Tensor | None = None) -> Tensor:
+        """``film`` ``(B, 2 * sum(stage channels))``: per-sample FiLM of every trunk stage (see ``TextFilm``)."""
         cfg = self.config
         if cfg.resize_shape is not None and tuple(x.shape[-2:]) != cfg.resize_shape:
             x = F.interpolate(x, size=cfg.resize_shape, mode="bilinear", align_corners=False, antialias=True)
@@ -192,8 +193,24 @@ class RgbEncoder(nn.Module):
                 x = random_crop(x, *cfg.crop_shape, generator=generator)
             else:
                 x = center_crop(x, *cfg.crop_shape)
-        keypoints = self.pool(self.backbone(x))
+        keypoints = self.pool(self.backbone(x) if film is None else self._filmed_trunk(x, film))
         return self.relu(self.out(keypoints.flatten(1)))
+
+    def stage_channels(self) -> list[int]:
+        """Output channels of the trunk's four stages (layer1..layer4), in order."""
+        return [(stage[-1].conv3 if isinstance(stage[-1], Bottleneck) else stage[-1].conv2).out_channels
+                for stage in self.backbone[4:]]
+
+    def _filmed_trunk(self, x: Tensor, film: Tensor) -> Tensor:
+        x = self.backbone[:4](x)  # stem: conv1, norm, relu, maxpool
+        offset = 0
+        for stage in self.backbone[4:]:
+            x = stage(x)
+            c = x.shape[1]
+            gamma, beta = film[:, offset: offset + c], film[:, offset + c: offset + 2 * c]
+            x = x * (1.0 + gamma[..., None, None]) + beta[..., None, None]
+            offset += 2 * c
+        return x
 
 
 # --------------------------------------------------------------------------------------------------
@@ -432,6 +449,23 @@ class AbstractTokenEncoder(nn.Module):
 # --------------------------------------------------------------------------------------------------
 # Networks and policy
 # --------------------------------------------------------------------------------------------------
+class TextFilm(nn.Module):
+    """Pooled text feature ``(B, D)`` -> FiLM ``(gamma, beta)`` of each trunk stage, ``(B, 2 * sum(channels))``.
+
+    Zero-initialised, so a model gains it as the identity (a checkpoint trained without it still computes the
+    same function until training moves it).
+    """
+
+    def __init__(self, text_dim: int, channels: list[int]) -> None:
+        super().__init__()
+        self.proj = nn.Linear(text_dim, 2 * sum(channels))
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, text: Tensor) -> Tensor:
+        return self.proj(text)
+
+
 class DiffusionModel(nn.Module):
     """The networks: image encoder(s), optional text / abstract-token encoders and the UNet.
 
@@ -452,28 +486,40 @@ class DiffusionModel(nn.Module):
         if config.language_conditioned:
             self.text_encoder = TextEncoder(config)
             cond_dim += config.text_feature_dim
+        if config.text_film_vision:
+            first = self.rgb_encoder[0] if isinstance(self.rgb_encoder, nn.ModuleList) else self.rgb_encoder
+            self.vision_film = TextFilm(config.text_feature_dim, first.stage_channels())
         if config.abstract_tokens_enabled:
             self.abstract_encoder = AbstractTokenEncoder(config)
             cond_dim += config.abstract_feature_dim
         self.global_cond_dim = cond_dim
         self.unet = ConditionalUnet1d(config, global_cond_dim=cond_dim)
 
-    def encode_images(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """``(B, S, N, 3, H, W)`` -> ``(B, S, N * feature_dim)`` (cameras concatenated in order)."""
+    def encode_images(self, images: Tensor, generator: torch.Generator | None = None,
+                      film: Tensor | None = None) -> Tensor:
+        """``(B, S, N, 3, H, W)`` -> ``(B, S, N * feature_dim)`` (cameras concatenated in order).
+
+        ``film`` ``(B, F)``: the trunk FiLM of each sample, applied to all its frames and cameras.
+        """
         b, s, n = images.shape[:3]
         if isinstance(self.rgb_encoder, nn.ModuleList):
-            feats = [enc(images[:, :, i].flatten(0, 1), generator).reshape(b, s, -1)
+            per_frame = None if film is None else film.repeat_interleave(s, dim=0)
+            feats = [enc(images[:, :, i].flatten(0, 1), generator, per_frame).reshape(b, s, -1)
                      for i, enc in enumerate(self.rgb_encoder)]
             return torch.cat(feats, dim=-1)
-        feats = self.rgb_encoder(images.flatten(0, 2), generator)  # (B * S * N, D)
+        per_image = None if film is None else film.repeat_interleave(s * n, dim=0)
+        feats = self.rgb_encoder(images.flatten(0, 2), generator, per_image)  # (B * S * N, D)
         return feats.reshape(b, s, -1)
 
     def global_conditioning(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
         """Normalised ``state`` ``(B, S, D)``, ``images`` ``(B, S, N, 3, H, W)`` (+ tokens) -> ``(B, cond_dim)``."""
-        per_step = torch.cat([batch["state"], self.encode_images(batch["images"], generator)], dim=-1)
+        text = (self.text_encoder(batch["lang_tokens"], batch["lang_masks"])
+                if self.config.language_conditioned else None)
+        film = self.vision_film(text) if self.config.text_film_vision else None
+        per_step = torch.cat([batch["state"], self.encode_images(batch["images"], generator, film)], dim=-1)
         parts = [per_step.flatten(1)]
-        if self.config.language_conditioned:
-            parts.append(self.text_encoder(batch["lang_tokens"], batch["lang_masks"]))
+        if text is not None:
+            parts.append(text)
         if self.config.abstract_tokens_enabled:
             parts.append(self.abstract_encoder(batch["abstract_tokens"], batch["abstract_masks"]))
         return torch.cat(parts, dim=-1)
