@@ -189,7 +189,7 @@ def main() -> int:
                 workers = {"lerobot": Worker(args.lerobot_python, "lerobot", variant, ckpt, dtype, args),
                            "ours": Worker(sys.executable, "ours", variant, ckpt, dtype, args)}
                 rows: dict[str, list[dict]] = {k: [] for k in workers}
-                diffs = []
+                diffs, scales = [], []  # max |difference| and max |action| of each request
                 for r in range(args.requests + 1):  # the first request warms up and is not counted
                     order = list(workers) if r % 2 == 0 else list(reversed(workers))
                     results = {k: workers[k].request(seed=r) for k in order}
@@ -198,6 +198,7 @@ def main() -> int:
                             rows[k].append(res)
                     diffs.append(max(abs(a - b) for a, b in zip(results["ours"]["actions"],
                                                                  results["lerobot"]["actions"], strict=True)))
+                    scales.append(max(abs(b) for b in results["lerobot"]["actions"]))
                 for w in workers.values():
                     w.close()
                 summary = {}
@@ -210,7 +211,8 @@ def main() -> int:
                 print(f"{variant} {dtype}: chunk ms ours {o['chunk']:.0f} / LeRobot {lr['chunk']:.0f} = "
                       f"{o['chunk'] / lr['chunk']:.2f}x; prefix {o['prefix']:.0f} / {lr['prefix']:.0f}; "
                       f"per step {o['step']:.1f} / {lr['step']:.1f}; peak RSS MB {o['rss']:.0f} / {lr['rss']:.0f}; "
-                      f"max |action diff| {max(diffs):.2g}", flush=True)
+                      f"max |action diff| {max(diffs):.2g} (largest |action| {max(scales):.3g}; relative "
+                      f"{max(d / s for d, s in zip(diffs, scales)):.2g})", flush=True)
     return 0
 
 
