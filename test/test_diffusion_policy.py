@@ -78,6 +78,13 @@ def test_resnet_trunk_layout_and_output_size():
             assert tuple(trunk(torch.zeros(1, 3, *hw)).shape[2:]) == trunk_output_size(*hw)
     bn_trunk, _ = resnet_trunk("resnet18", group_norm=False)
     assert "1.running_mean" in bn_trunk.state_dict()
+    # cut after layer3: stride 16, so a 60x60 crop keeps a 4x4 map for the keypoints (the whole trunk: 2x2)
+    short, channels = resnet_trunk("resnet18", group_norm=True, stages=3)
+    assert channels == 256 and len(short) == 7 and set(short.state_dict()) <= keys
+    with torch.no_grad():
+        assert tuple(short(torch.zeros(1, 3, 60, 60)).shape[1:]) == (256, 4, 4) == (256, *trunk_output_size(
+            60, 60, stages=3))
+    assert trunk_output_size(60, 60) == (2, 2)
 
 
 def test_spatial_softmax_finds_a_peak():

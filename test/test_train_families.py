@@ -123,3 +123,23 @@ def test_a_checkpoint_gains_the_vision_film_only_when_asked(dataset, tmp_path):
     with pytest.raises(SystemExit, match="shape"):  # a different model is still refused
         train(dataset, tmp_path / "other", "--policy", "diffusion", "--n-obs-steps", "2",
               "--init-from", str(tmp_path / "plain" / "final"), "--init-new-tensors")
+
+
+def test_a_shorter_trunk_starts_from_the_matching_tensors_of_a_whole_trunk_checkpoint(dataset, tmp_path):
+    """``--backbone-stages 3`` with ``--init-matching-tensors``: conv1..layer3 and the UNet come from the
+    checkpoint, layer4 is dropped, the new keypoint convolution keeps its initialisation."""
+    from safetensors.torch import load_file
+
+    train(dataset, tmp_path / "whole", "--policy", "diffusion", "--no-vision-film")
+    info = train(dataset, tmp_path / "short", "--policy", "diffusion", "--no-vision-film", "--backbone-stages", "3",
+                 "--init-from", str(tmp_path / "whole" / "final"), "--init-matching-tensors", "--lr", "1e-12",
+                 "--warmup", "0")
+    assert info["init_from"].endswith("final")
+    whole = load_file(str(tmp_path / "whole" / "final" / "model.safetensors"))
+    short = load_file(str(tmp_path / "short" / "final" / "model.safetensors"))
+    assert load_policy(tmp_path / "short" / "final").config.backbone_stages == 3
+    assert not any(".backbone.7." in k for k in short) and any(".backbone.7." in k for k in whole)
+    layer3 = "diffusion.rgb_encoder.backbone.6.1.conv2.weight"
+    assert torch.allclose(short[layer3], whole[layer3], atol=1e-6)  # loaded (lr ~0: unchanged)
+    kp = "diffusion.rgb_encoder.pool.nets.weight"
+    assert short[kp].shape == (whole[kp].shape[0], 256, 1, 1)

@@ -212,17 +212,25 @@ def save(policy: HLRPPolicy, optimizer: torch.optim.Optimizer, step: int, direct
         tmp.rename(directory)
 
 
-def load_initial_weights(policy, path: Path, keep_new: bool) -> None:
-    """Loads a checkpoint to fine-tune from: strictly, or (``keep_new``) leaving the tensors it lacks as initialised.
+def load_initial_weights(policy, path: Path, keep_new: bool = False, matching_only: bool = False) -> None:
+    """Loads a checkpoint to fine-tune from: strictly, or leaving some of the model's tensors as initialised.
 
-    ``keep_new`` is for a model that gained a module the checkpoint predates (one initialised as the identity,
-    like the diffusion policy's ``vision_film``); every other mismatch is still an error naming the tensors.
+    ``keep_new``: the tensors the checkpoint lacks keep their initialisation (a model that gained a module the
+    checkpoint predates, initialised as the identity, like the diffusion policy's ``vision_film``); every
+    other mismatch is still an error naming the tensors. ``matching_only``: only the tensors whose name and
+    shape match load, for a changed architecture (the diffusion trunk cut after layer3 keeps conv1..layer3
+    and the UNet); the rest keep their initialisation and the checkpoint's others are dropped, all named
+    in the log.
     """
-    if not keep_new:
+    if not (keep_new or matching_only):
         policy.load_weights(path)
         return
     tensors = read_safetensors(path)
     own = policy.state_dict()
+    if matching_only:
+        dropped = sorted(k for k, v in tensors.items() if k not in own or v.shape != own[k].shape)
+        tensors = {k: v for k, v in tensors.items() if k not in dropped}
+        logger.info("--init-from: %d checkpoint tensor(s) without a match dropped: %s", len(dropped), dropped)
     new = sorted(set(own) - set(tensors))
     problems = tensor_problems({k: v for k, v in own.items() if k in tensors}, tensors, check_finite=True)
     if problems:
@@ -248,10 +256,12 @@ def train(args: argparse.Namespace) -> Path:
             raise SystemExit("--vocabulary / --rtc-max-delay act on the HLRP model: --policy hlrp only")
         policy = build_family_policy(args.policy, horizon, args.n_action_steps, data["images"].shape[1],
                                      joint_names or list(ArmSpec().joint_names), "top", args.n_obs_steps,
-                                     language=not args.blind, vision_film=args.vision_film)
+                                     language=not args.blind, vision_film=args.vision_film,
+                                     backbone_stages=args.backbone_stages)
     policy.set_normalization_stats(state=stats(data["states"]), action=stats(data["actions"]))
     if args.init_from is not None:  # its statistics too: its weights were trained against them
-        load_initial_weights(policy, args.init_from / "model.safetensors", args.init_new_tensors)
+        load_initial_weights(policy, args.init_from / "model.safetensors", args.init_new_tensors,
+                             args.init_matching_tensors)
     last = args.out / "last"
     start = 0
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=args.lr,
@@ -357,6 +367,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init-new-tensors", action="store_true",
                         help="with --init-from: tensors the checkpoint lacks (a module added since) keep their "
                              "initialisation instead of being an error")
+    parser.add_argument("--init-matching-tensors", action="store_true",
+                        help="with --init-from: load only the tensors whose name and shape match (a changed "
+                             "architecture); the others keep their initialisation, all named in the log")
+    parser.add_argument("--backbone-stages", type=int, default=4, choices=(1, 2, 3, 4),
+                        help="diffusion: ResNet stages run (3: stop after layer3, a 4x4 map for 64x64 frames; "
+                             "DiffusionConfig.backbone_stages)")
     parser.add_argument("--vision-film", action=argparse.BooleanOptionalAction, default=True,
                         help="diffusion with language: FiLM the ResNet trunk's stages on the instruction "
                              "(DiffusionConfig.text_film_vision)")

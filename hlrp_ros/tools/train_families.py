@@ -30,14 +30,15 @@ FAMILIES = ("hlrp", "pi0", "pi05", "diffusion")
 
 def build_family_policy(family: str, chunk_size: int, n_action_steps: int, image_size: int,
                         joint_names: list[str], camera: str, n_obs_steps: int = 1, language: bool = True,
-                        vision_film: bool = True):
+                        vision_film: bool = True, backbone_stages: int = 4):
     """A small model of ``family`` for training from scratch on CPU (demo-world sizes).
 
     * ``pi0`` / ``pi05``: the ``pi0-tiny`` / ``pi05-tiny`` presets with the vision tower at the frames' size
       (8x8 patches, like the HLRP demo model), chunk and joints as given; PI0.5 with 64 prompt tokens.
     * ``diffusion``: the native diffusion policy with a ResNet-18 trunk (group norm), a (64, 128, 256)
       UNet, DDIM with 10 inference steps over 100 training steps, and (``language``) the instruction encoder,
-      whose feature also FiLMs the ResNet stages (``vision_film``; see ``DiffusionConfig.text_film_vision``).
+      whose feature also FiLMs the ResNet stages (``vision_film``; see ``DiffusionConfig.text_film_vision``);
+      ``backbone_stages`` 3 stops the trunk after layer3 (a 4x4 map for 64x64 frames instead of 2x2).
     """
     dims = len(joint_names)
     if family in ("pi0", "pi05"):
@@ -64,7 +65,8 @@ def build_family_policy(family: str, chunk_size: int, n_action_steps: int, image
             image_size=(image_size, image_size), crop_shape=(crop, crop), n_obs_steps=n_obs_steps,
             horizon=horizon, n_action_steps=n_action_steps, down_dims=(64, 128, 256),
             noise_scheduler_type="DDIM", num_train_timesteps=100, num_inference_steps=10,
-            language_conditioned=language, text_film_vision=language and vision_film)
+            language_conditioned=language, text_film_vision=language and vision_film,
+            backbone_stages=backbone_stages)
         return DiffusionPolicy(config, tokenizer=build_tiny_tokenizer() if language else None)
     raise ValueError(f"unknown policy family {family!r}; known: {FAMILIES}")
 

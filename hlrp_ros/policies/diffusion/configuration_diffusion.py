@@ -61,6 +61,10 @@ class DiffusionConfig:
     # --- Vision encoder (LeRobot's DiffusionRgbEncoder) -------------------------------------------------
     # ResNet trunk, one of BACKBONES (torchvision layout and parameter names).
     vision_backbone: str = "resnet18"
+    # ResNet stages run (layer1..layerN). 4: the whole trunk, as LeRobot (stride 32: a 60x60 crop gives a
+    # 2x2 map, too coarse for the spatial softmax to place keypoints); 3 stops after layer3 (stride 16, 256
+    # channels: 4x4 at 60x60) for small images.
+    backbone_stages: int = 4
     # Resize (height, width) before the crop; None: no resize.
     resize_shape: tuple[int, int] | None = None
     # Crop (height, width): random while training (if crop_is_random), centred at inference; None: no crop.
@@ -160,6 +164,8 @@ class DiffusionConfig:
             errors.append(f"horizon ({self.horizon}) must be a multiple of 2 ** len(down_dims) ({self.down_dims})")
         if self.vision_backbone not in BACKBONES:
             errors.append(f"vision_backbone must be one of {sorted(BACKBONES)}, got {self.vision_backbone!r}")
+        if not 1 <= self.backbone_stages <= 4:
+            errors.append(f"backbone_stages must be 1..4, got {self.backbone_stages}")
         source = self.resize_shape or self.image_size
         if self.crop_shape is not None and (min(self.crop_shape) < 1 or self.crop_shape[0] > source[0]
                                             or self.crop_shape[1] > source[1]):

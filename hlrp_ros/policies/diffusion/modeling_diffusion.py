@@ -98,20 +98,20 @@ def _shortcut(in_ch: int, out_ch: int, stride: int, group_norm: bool, expansion:
                          _norm2d(out_ch * expansion, group_norm))
 
 
-def resnet_trunk(name: str, group_norm: bool) -> tuple[nn.Sequential, int]:
-    """A torchvision ResNet without its pooling and classifier head (``children()[:-2]``).
+def resnet_trunk(name: str, group_norm: bool, stages: int = 4) -> tuple[nn.Sequential, int]:
+    """A torchvision ResNet without its pooling and classifier head (``children()[:-2]``), up to ``stages``.
 
     Returns:
-        ``(trunk, out_channels)``; the trunk maps ``(B, 3, H, W)`` to ``(B, out_channels, ~H/32, ~W/32)`` and
-        its ``state_dict`` keys are torchvision's under the Sequential's indices (``0`` = conv1, ``1`` = bn1,
-        ``4``..``7`` = layer1..layer4).
+        ``(trunk, out_channels)``; the whole trunk maps ``(B, 3, H, W)`` to ``(B, out_channels, ~H/32, ~W/32)``
+        (``stages`` 3: ``~H/16``) and its ``state_dict`` keys are torchvision's under the Sequential's indices
+        (``0`` = conv1, ``1`` = bn1, ``4``..``7`` = layer1..layer4).
     """
     kind, blocks = BACKBONES[name]
     block = BasicBlock if kind == "basic" else Bottleneck
     layers: list[nn.Module] = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), _norm2d(64, group_norm),
                                nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)]
     in_ch = 64
-    for stage, (ch, n) in enumerate(zip((64, 128, 256, 512), blocks)):
+    for stage, (ch, n) in enumerate(zip((64, 128, 256, 512)[:stages], blocks)):
         stage_blocks = []
         for i in range(n):
             stage_blocks.append(block(in_ch, ch, 2 if (i == 0 and stage > 0) else 1, group_norm))
@@ -124,9 +124,9 @@ def resnet_trunk(name: str, group_norm: bool) -> tuple[nn.Sequential, int]:
     return trunk, in_ch
 
 
-def trunk_output_size(height: int, width: int) -> tuple[int, int]:
-    """Feature-map size of a ResNet trunk: five stride-2 stages (conv1, maxpool, layer2..4), each ceil(x/2)."""
-    for _ in range(5):
+def trunk_output_size(height: int, width: int, stages: int = 4) -> tuple[int, int]:
+    """Feature-map size of a ResNet trunk: stride-2 conv1, maxpool and layer2..layer``stages``, each ceil(x/2)."""
+    for _ in range(1 + stages):
         height, width = (height - 1) // 2 + 1, (width - 1) // 2 + 1
     return height, width
 
@@ -176,8 +176,8 @@ class RgbEncoder(nn.Module):
     def __init__(self, config: DiffusionConfig) -> None:
         super().__init__()
         self.config = config
-        self.backbone, channels = resnet_trunk(config.vision_backbone, config.use_group_norm)
-        height, width = trunk_output_size(*config.encoder_image_size)
+        self.backbone, channels = resnet_trunk(config.vision_backbone, config.use_group_norm, config.backbone_stages)
+        height, width = trunk_output_size(*config.encoder_image_size, stages=config.backbone_stages)
         self.pool = SpatialSoftmax(channels, height, width, config.spatial_softmax_num_keypoints)
         self.feature_dim = 2 * config.spatial_softmax_num_keypoints
         self.out = nn.Linear(self.feature_dim, self.feature_dim)
