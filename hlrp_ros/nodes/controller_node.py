@@ -175,6 +175,7 @@ class ControllerNode(LifecycleNode):
         self.safety = SafetyFilter(self.limits, p["seam_threshold"], p["seam_ramp_scale"], p["seam_ramp_velocity"],
                                    max_step_time=2.0 * self.period)
         self.watchdog = Watchdog(p["watchdog_timeout"])
+        self.watchdog_tripped = False
         if not self._live_updates:
             self._live_updates = True
             accept_live_updates(self, PARAMS, self.params, apply=self._apply_live)
@@ -385,7 +386,9 @@ class ControllerNode(LifecycleNode):
         target = self.executor_.target(now)
         if target is not None and target.switched:  # only chunks that execute feed the watchdog
             self.watchdog.feed(now)
-        if target is None or self.watchdog.expired(now):
+        # what this tick acted on, so diagnostics never report a trip beside a state that ignored it
+        self.watchdog_tripped = self.watchdog.expired(now)
+        if target is None or self.watchdog_tripped:
             self._no_target(now)
             return
         starting = self.tracker.state in (OutputState.WAITING, OutputState.STOPPED)
@@ -441,7 +444,7 @@ class ControllerNode(LifecycleNode):
 
     def _no_target(self, now: float) -> None:
         """Nothing is due: keep waiting, or hold / stop after the chunk ran out or the watchdog tripped."""
-        expired = self.watchdog.expired(now)
+        expired = self.watchdog_tripped
         if self.tracker.state == OutputState.WAITING and not expired:
             return
         if expired:
@@ -540,7 +543,7 @@ class ControllerNode(LifecycleNode):
             level = WARN  # chunks arrive but cannot be executed
         age = self.watchdog.age(now)
         values = {
-            "state": state.value, "watchdog_tripped": self.watchdog.expired(now),
+            "state": state.value, "watchdog_tripped": self.watchdog_tripped,
             "seconds_since_last_chunk": -1.0 if age is None else age,
             "chunk_age": -1.0 if current is None else now - current.stamp,
             "chunk_id": -1 if current is None else current.chunk_id,
