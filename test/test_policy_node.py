@@ -77,6 +77,7 @@ def start_sensor_stream(spinner: SpinningNode, joint_names=("elbow", "extra", "s
     ({"camera_names": ["top"]}, "camera_names"),
     ({"dtype": "float16"}, "dtype"),  # no family runs float16: rejected up front, naming the parameter
     ({"device": "tpu"}, "device"),
+    ({"cuda_graphs": True}, "cuda_graphs"),  # on device cpu
 ])
 def test_invalid_parameter_exits_nonzero_naming_it(node_process, checkpoint, params, name):
     proc = node_process("policy_node", params=policy_params(checkpoint, **params))

@@ -120,6 +120,15 @@ class ActionExpert(abc.ABC):
     def compute_loss(self, batch: dict[str, Tensor]) -> Tensor:
         """Scalar training loss of a collated batch (the family's processor builds batches)."""
 
+    def set_execution(self, compile: bool = False, cuda_graphs: bool = False) -> None:
+        """Fixed-shape execution: the chunk compiled (``torch.compile``) and/or replayed as CUDA graphs.
+
+        Families that have such a path override this; the default runs eager only and refuses the request.
+        """
+        if compile or cuda_graphs:
+            raise NotImplementedError(f"{type(self).__name__} has no fixed-shape (compiled / CUDA-graph) path: run it "
+                                      f"eager (compile and cuda_graphs false)")
+
     def reset(self) -> None:  # noqa: B027 - optional hook
         """Forgets per-episode state (caches, queues). Default: nothing to forget."""
 

@@ -107,3 +107,27 @@ def euler_integrate(
     for t in euler_times(num_steps):
         x_t = x_t + dt * velocity_fn(x_t, t)
     return x_t
+
+
+def euler_time_tensor(num_steps: int, device: torch.device | str) -> Tensor:
+    """:func:`euler_times` as a ``(num_steps,)`` float32 tensor on ``device`` (the same values as a 0-d tensor
+    made from each Python float): indexing it inside a chunk copies nothing from the host."""
+    return torch.tensor(euler_times(num_steps), dtype=torch.float32).to(device)
+
+
+def euler_denoise(step: Callable[[object, Tensor, Tensor], Tensor], prefix: object, noise: Tensor,
+                  times: Tensor) -> Tensor:
+    """:func:`euler_integrate` against an encoded prefix, with the step times in a device tensor.
+
+    Args:
+        step: ``step(prefix, x_t, t)`` -> velocity, ``t`` a ``(B,)`` float32 tensor (a family's ``denoise_step``
+            or a compiled form of it).
+        prefix: What ``step`` reads (a family's encoded observation).
+        noise: ``(B, C, A)`` float32 at ``t = 1``.
+        times: From :func:`euler_time_tensor`.
+    """
+    dt = -1.0 / times.shape[0]
+    x = noise
+    for index in range(times.shape[0]):
+        x = x + dt * step(prefix, x, times[index].expand(noise.shape[0]))
+    return x

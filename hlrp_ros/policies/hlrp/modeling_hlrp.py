@@ -32,6 +32,7 @@ from transformers.initialization import no_init_weights
 
 from hlrp_ros.policies.base import ActionExpert, Observation
 from hlrp_ros.policies.common import flow_matching, realtime_chunking
+from hlrp_ros.policies.common.fixed_shapes import FixedShapeExecution, pad_to_length
 from hlrp_ros.policies.common.realtime_chunking import ChunkGuide
 from hlrp_ros.policies.common.weights import tensor_problems
 from hlrp_ros.policies.hlrp.configuration_hlrp import HLRPConfig
@@ -98,6 +99,13 @@ def sincos_2d_pos_embed(embed_dim: int, grid_size: int) -> Tensor:
     return torch.cat([encode(rows), encode(cols)], dim=1).to(torch.float32)
 
 
+@torch.compiler.assume_constant_result  # traced once, as a constant: no tensor reaches the graph
+def scale_in_dtype(value: float, dtype: torch.dtype) -> float:
+    """``value`` rounded to ``dtype``, as a Python float: the same product as with a 0-d tensor of that dtype
+    (SmolVLA scales image tokens that way), without copying a tensor to the device."""
+    return torch.tensor(value, dtype=dtype).item()
+
+
 def pad_vector(vector: Tensor, new_dim: int) -> Tensor:
     """Zero-pads the last dimension to ``new_dim``."""
     if vector.shape[-1] == new_dim:
@@ -123,6 +131,8 @@ class PrefixCache:
         batch_size: ``B``.
         batched: False when built from a single observation (sample_chunk then returns ``(C, A)``).
         truncated: Whether an instruction was truncated (from the processor).
+        fixed_generation: Set by the fixed-shape sampler (``fixed_shapes.FixedShapeSampler``): which of its
+            encodes made this prefix; None for the eager path.
     """
 
     expert_cache: ExpertKVCache
@@ -130,6 +140,7 @@ class PrefixCache:
     batch_size: int
     batched: bool = True
     truncated: bool = False
+    fixed_generation: int | None = None
 
 
 def prefix_mask(batch_size: int, chunk_size: int, delay: int | Tensor, device: torch.device | str = "cpu") -> Tensor:
@@ -234,30 +245,37 @@ class VLAFlowMatching(nn.Module):
         """
         embs: list[Tensor] = []
         pad_masks: list[Tensor] = []
-        att: list[int] = []
+        att: list[Tensor] = []  # block starts, built on the device: no host-to-device copy in a captured chunk
+        device = lang_tokens.device
+
+        def starts(n_tokens: int, first: bool = False, rest: bool = False) -> Tensor:
+            flags = torch.full((n_tokens,), rest, dtype=torch.bool, device=device)
+            flags[:1] = first
+            return flags
+
         for img, img_mask in zip(images, img_masks, strict=True):
             bsize = img.shape[0]
             if self.config.add_image_special_tokens:
                 start = self._embed_special(self.global_image_start_token, bsize)
                 embs.append(start)
                 pad_masks.append(torch.ones(start.shape[:2], dtype=torch.bool, device=start.device))
-                att += [0] * start.shape[1]
+                att.append(starts(start.shape[1]))
             img_emb = self.vlm_with_expert.embed_image(img)
-            img_emb = img_emb * torch.tensor(img_emb.shape[-1] ** 0.5, dtype=img_emb.dtype, device=img_emb.device)
+            img_emb = img_emb * scale_in_dtype(img_emb.shape[-1] ** 0.5, img_emb.dtype)
             num_img = img_emb.shape[1]
             embs.append(img_emb)
             pad_masks.append(img_mask[:, None].expand(bsize, num_img))
-            att += [0] * num_img
+            att.append(starts(num_img))
             if self.config.add_image_special_tokens:
                 end = self._embed_special(self.image_end_token, bsize)
                 embs.append(end)
                 pad_masks.append(torch.ones(end.shape[:2], dtype=torch.bool, device=end.device))
-                att += [0] * end.shape[1]
+                att.append(starts(end.shape[1]))
         lang_emb = self.vlm_with_expert.embed_language_tokens(lang_tokens)
         lang_emb = lang_emb * math.sqrt(lang_emb.shape[-1])
         embs.append(lang_emb)
         pad_masks.append(lang_masks)
-        att += [0] * lang_emb.shape[1]
+        att.append(starts(lang_emb.shape[1]))
 
         if abstract_tokens is not None and abstract_tokens.shape[1] > 0:
             if not self.config.abstract_tokens_enabled:
@@ -267,18 +285,18 @@ class VLAFlowMatching(nn.Module):
             embs.append(abs_emb.to(lang_emb.dtype))
             mask = abstract_masks if abstract_masks is not None else torch.ones_like(abstract_tokens, dtype=torch.bool)
             pad_masks.append(mask)
-            att += [1] + [0] * (abstract_tokens.shape[1] - 1)  # own block: sees images+language, not state
+            att.append(starts(abstract_tokens.shape[1], first=True))  # own block: sees images+language, not state
 
         state_emb = self.state_proj(state.to(self.state_proj.weight.dtype))
         state_emb = state_emb[:, None, :] if state_emb.ndim == 2 else state_emb
         embs.append(state_emb.to(lang_emb.dtype))
         bsize, n_state = state_emb.shape[:2]
         pad_masks.append(torch.ones(bsize, n_state, dtype=torch.bool, device=state_emb.device))
-        att += [1] * n_state
+        att.append(starts(n_state, first=True, rest=True))
 
         embs_t = torch.cat(embs, dim=1)
         pad_t = torch.cat(pad_masks, dim=1)
-        att_t = torch.tensor(att, dtype=torch.bool, device=pad_t.device)[None, :]
+        att_t = torch.cat(att)[None, :]
         if pad_t.shape[1] < self.config.prefix_length:
             embs_t = pad_tensor(embs_t, self.config.prefix_length, pad_value=0)
             pad_t = pad_tensor(pad_t, self.config.prefix_length, pad_value=0)
@@ -318,17 +336,19 @@ class VLAFlowMatching(nn.Module):
         return self.action_out_proj(suffix_out.to(self.action_out_proj.weight.dtype)).to(torch.float32)
 
     # --- inference --------------------------------------------------------------------------------------
-    def encode_prefix(self, *prefix_inputs: Tensor | list[Tensor] | None) -> PrefixCache:
+    def encode_prefix(self, *prefix_inputs: Tensor | list[Tensor] | None, fixed_shapes: bool = False) -> PrefixCache:
         """Embeds the prefix, runs it through the VLM layers once and builds the expert cache.
 
         Args:
             *prefix_inputs: The arguments of :meth:`embed_prefix`.
+            fixed_shapes: Always build the cross-attention mask instead of asking the device whether the prefix
+                has padding (a host synchronisation): the capturable form (same actions).
         """
         embs, pad_masks, att_masks = self.embed_prefix(*prefix_inputs)
         att_2d = make_att_2d_masks(pad_masks, att_masks)
         position_ids = torch.cumsum(pad_masks, dim=1) - 1
         kv = self.vlm_with_expert.forward_prefix(embs, att_2d, position_ids)
-        cache = self.vlm_with_expert.build_expert_cache(kv, pad_masks, self.config.chunk_size)
+        cache = self.vlm_with_expert.build_expert_cache(kv, pad_masks, self.config.chunk_size, always_mask=fixed_shapes)
         return PrefixCache(expert_cache=cache, prefix_pad_masks=pad_masks, batch_size=embs.shape[0])
 
     def denoise_step(self, prefix: PrefixCache, x_t: Tensor, timestep: Tensor) -> Tensor:
@@ -357,12 +377,8 @@ class VLAFlowMatching(nn.Module):
         """Euler-integrates from noise (t=1) to actions (t=0); returns normalised ``(B, C, max_action_dim)``."""
         device = prefix.prefix_pad_masks.device
         x = self._noise(prefix.batch_size, device, noise, generator)
-        bsize = prefix.batch_size
-
-        def velocity(x_t: Tensor, t: float) -> Tensor:
-            return self.denoise_step(prefix, x_t, torch.tensor(t, dtype=torch.float32, device=device).expand(bsize))
-
-        return flow_matching.euler_integrate(velocity, x, num_steps or self.config.num_steps)
+        times = flow_matching.euler_time_tensor(num_steps or self.config.num_steps, device)
+        return flow_matching.euler_denoise(self.denoise_step, prefix, x, times)
 
     def sample_guided_from_prefix(
         self,
@@ -576,7 +592,7 @@ class Normalizer(nn.Module):
         return x
 
 
-class HLRPPolicy(nn.Module, ActionExpert):
+class HLRPPolicy(FixedShapeExecution, nn.Module, ActionExpert):
     """The HLRP action expert: model, normalisation, processor and checkpoints.
 
     Args:
@@ -630,7 +646,21 @@ class HLRPPolicy(nn.Module, ActionExpert):
         self.model.to(dtype=torch_dtype)
         self.model.action_out_proj.to(dtype=torch.float32)
         self.model.vlm_with_expert.linear.clear()
+        self._renew_execution()
         return self
+
+    def fixed_shape_inputs(self, inputs: list) -> list:
+        """Prefix inputs with the prompt padded to ``tokenizer_max_length`` and, when the branch is enabled, the
+        abstract tokens to ``abstract_max_length`` (absent ones become masked padding: the same actions)."""
+        cfg = self.config
+        images, img_masks, lang, lang_masks, state, abstract, abstract_masks = inputs
+        lang, lang_masks = (pad_to_length(t, cfg.tokenizer_max_length) for t in (lang, lang_masks))
+        if cfg.abstract_tokens_enabled:
+            if abstract is None:
+                abstract = torch.zeros(lang.shape[0], 0, dtype=torch.long, device=lang.device)
+                abstract_masks = abstract.bool()
+            abstract, abstract_masks = (pad_to_length(t, cfg.abstract_max_length) for t in (abstract, abstract_masks))
+        return [images, img_masks, lang, lang_masks, state, abstract, abstract_masks]
 
     # --- prefix / sampling --------------------------------------------------------------------------------
     def _prefix_inputs(self, observations: list[Observation]) -> tuple[list, bool]:
@@ -653,7 +683,7 @@ class HLRPPolicy(nn.Module, ActionExpert):
         batched = isinstance(observation, list | tuple)
         observations = list(observation) if batched else [observation]
         inputs, truncated = self._prefix_inputs(observations)
-        prefix = self.model.encode_prefix(*inputs)
+        prefix = self._encode_inputs(inputs)
         prefix.batched = batched
         prefix.truncated = truncated
         return prefix
@@ -676,8 +706,9 @@ class HLRPPolicy(nn.Module, ActionExpert):
             generator: Generator for the noise.
             guide: Real-time chunking guide (robot units); None samples unguided.
         """
+        self._check_prefix(prefix)
         if guide is None:
-            actions = self.model.sample_from_prefix(prefix, noise=noise, num_steps=num_steps, generator=generator)
+            actions = self._sample_unguided(prefix, noise, generator, num_steps)
         else:
             guide.check(self.config.chunk_size, self.config.action_dim, prefix.batch_size, self.supports_conditioning)
             target, weights = realtime_chunking.guide_tensors(

@@ -150,7 +150,8 @@ class PackedLinears:
     and 1.2x in bfloat16 on AVX-512 CPUs, at the cost of a second copy of the packed weights.
     Entries are keyed by module and stamped with the weight's version counter, storage and dtype, so
     any in-place update (optimizer step, ``load_state_dict``) or move repacks it. Autograd calls (grad
-    enabled and a tensor requiring grad), non-CPU tensors, or a CPU without oneDNN use the module itself.
+    enabled and a tensor requiring grad), non-CPU tensors, code being compiled, or a CPU without oneDNN use
+    the module itself.
 
     A call can also apply what follows the matmul: an activation (``act``, a transformers ``hidden_act``
     name) or a residual add (``residual``). Where oneDNN has it (:attr:`FUSED_ACTIVATIONS`, the add) it
@@ -187,6 +188,7 @@ class PackedLinears:
         weight = module.weight
         if (
             not self.enabled
+            or torch.compiler.is_compiling()  # the compiler packs weights itself; a cache lookup would break its graph
             or x.device.type != "cpu"
             or (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad))
             or x.dtype != weight.dtype
@@ -528,7 +530,8 @@ class SmolVLMWithExpertModel(nn.Module):
         return cache
 
     def build_expert_cache(
-        self, kv_cache: list[tuple[Tensor, Tensor]], prefix_pad_masks: Tensor, chunk_size: int
+        self, kv_cache: list[tuple[Tensor, Tensor]], prefix_pad_masks: Tensor, chunk_size: int,
+        always_mask: bool = False,
     ) -> ExpertKVCache:
         """Precomputes everything the denoising steps reuse: K/V buffers, re-projected K/V, masks, RoPE.
 
@@ -536,6 +539,8 @@ class SmolVLMWithExpertModel(nn.Module):
             kv_cache: Output of :meth:`forward_prefix`.
             prefix_pad_masks: ``(B, P)`` bool, True for real prefix tokens.
             chunk_size: Number of action tokens ``C``.
+            always_mask: Build the cross-attention mask even when nothing is padded. Otherwise it is left out
+                then, which costs a host synchronisation (reading the padding) but saves the masked kernels.
         """
         b, p_len = prefix_pad_masks.shape
         device = prefix_pad_masks.device
@@ -558,7 +563,7 @@ class SmolVLMWithExpertModel(nn.Module):
         prefix_rows = prefix_pad_masks[:, None, :].expand(b, chunk_size, p_len)
         self_mask = torch.cat([prefix_rows, causal[None].expand(b, -1, -1)], dim=2)
         cache.self_mask = fold_mask(additive_mask(self_mask, dtype), groups)
-        if not bool(prefix_pad_masks.all()):
+        if always_mask or not bool(prefix_pad_masks.all()):
             cache.cross_mask = fold_mask(additive_mask(prefix_rows, dtype), groups)
         arange = torch.arange(chunk_size, device=device)
         n_valid = prefix_pad_masks.sum(dim=-1, keepdim=True)

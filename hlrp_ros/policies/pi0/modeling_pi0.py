@@ -39,6 +39,7 @@ from transformers.models.gemma.modeling_gemma import apply_rotary_pos_emb
 
 from hlrp_ros.policies.base import ActionExpert, Observation
 from hlrp_ros.policies.common import flow_matching, realtime_chunking
+from hlrp_ros.policies.common.fixed_shapes import FixedShapeExecution, pad_to_length
 from hlrp_ros.policies.common.realtime_chunking import ChunkGuide
 from hlrp_ros.policies.common.weights import tensor_problems
 from hlrp_ros.policies.hlrp.modeling_hlrp import (
@@ -161,6 +162,7 @@ class PI0Prefix:
         batch_size: ``B``.
         batched: False when built from one observation (sample_chunk then returns ``(C, A)``).
         truncated: Whether an instruction was truncated.
+        fixed_generation: Set by the fixed-shape sampler (``common.fixed_shapes``); None on the eager path.
     """
 
     keys: list[Tensor]
@@ -171,6 +173,7 @@ class PI0Prefix:
     batch_size: int
     batched: bool = True
     truncated: bool = False
+    fixed_generation: int | None = None
 
 
 def _sublayer_norm(norm: nn.Module, x: Tensor, mod: tuple[Tensor, Tensor, Tensor] | None) -> tuple[Tensor, Tensor | None]:
@@ -282,8 +285,11 @@ class PI0FlowMatching(nn.Module):
 
     # --- inference --------------------------------------------------------------------------------------
     def encode_prefix(self, images: list[Tensor], img_masks: list[Tensor], lang_tokens: Tensor,
-                      lang_masks: Tensor, state: Tensor | None) -> PI0Prefix:
-        """Runs the prefix (and PI0's state token) once; returns the per-layer cache for the action tokens."""
+                      lang_masks: Tensor, state: Tensor | None, fixed_shapes: bool = False) -> PI0Prefix:
+        """Runs the prefix (and PI0's state token) once; returns the per-layer cache for the action tokens.
+
+        ``fixed_shapes`` changes nothing: this pass never reads a device value on the host (the argument
+        exists for the fixed-shape sampler, which passes it to every family)."""
         cfg = self.config
         embs, pad = self.embed_prefix(images, img_masks, lang_tokens, lang_masks)
         b, p = pad.shape
@@ -356,13 +362,9 @@ class PI0FlowMatching(nn.Module):
                            generator: torch.Generator | None = None) -> Tensor:
         """Euler-integrates from noise (t=1) to actions (t=0): normalised ``(B, C, max_action_dim)``."""
         device = prefix.mask.device
-        bsize = prefix.batch_size
-        x = self._noise(bsize, device, noise, generator)
-
-        def velocity(x_t: Tensor, t: float) -> Tensor:
-            return self.denoise_step(prefix, x_t, torch.tensor(t, dtype=torch.float32, device=device).expand(bsize))
-
-        return flow_matching.euler_integrate(velocity, x, num_steps or self.config.num_steps)
+        x = self._noise(prefix.batch_size, device, noise, generator)
+        times = flow_matching.euler_time_tensor(num_steps or self.config.num_steps, device)
+        return flow_matching.euler_denoise(self.denoise_step, prefix, x, times)
 
     def sample_guided_from_prefix(self, prefix: PI0Prefix, target: Tensor, weights: Tensor, beta: float,
                                   noise: Tensor | None = None, num_steps: int | None = None,
@@ -441,7 +443,7 @@ class PI0FlowMatching(nn.Module):
         return F.mse_loss(u_t, v_t, reduction="none")
 
 
-class PI0Policy(nn.Module, ActionExpert):
+class PI0Policy(FixedShapeExecution, nn.Module, ActionExpert):
     """The PI0 / PI0.5 action expert: model, normalisation, processor and checkpoints.
 
     Args:
@@ -487,7 +489,14 @@ class PI0Policy(nn.Module, ActionExpert):
         self.to(device=device)
         self.model.to(dtype=torch_dtype)
         self.model.action_out_proj.to(dtype=torch.float32)
+        self._renew_execution()
         return self
+
+    def fixed_shape_inputs(self, inputs: list) -> list:
+        """Model inputs with the prompt padded to ``tokenizer_max_length`` (LeRobot's processors already do)."""
+        images, img_masks, lang, lang_masks, state = inputs
+        length = self.config.tokenizer_max_length
+        return [images, img_masks, pad_to_length(lang, length), pad_to_length(lang_masks, length), state]
 
     # --- inputs -------------------------------------------------------------------------------------------
     def _model_inputs(self, batch: dict[str, Tensor]) -> list:
@@ -505,7 +514,7 @@ class PI0Policy(nn.Module, ActionExpert):
         batched = isinstance(observation, list | tuple)
         observations = list(observation) if batched else [observation]
         batch = self.processor.collate(observations)
-        prefix = self.model.encode_prefix(*self._model_inputs(batch))
+        prefix = self._encode_inputs(self._model_inputs(batch))
         prefix.batched = batched
         prefix.truncated = bool(batch["lang_truncated"].any())
         return prefix
@@ -516,8 +525,9 @@ class PI0Policy(nn.Module, ActionExpert):
         """Un-normalised float32 CPU actions ``(C, action_dim)`` (``(B, C, action_dim)`` when batched).
 
         ``guide`` (robot units) turns on real-time chunking; None samples unguided."""
+        self._check_prefix(prefix)
         if guide is None:
-            actions = self.model.sample_from_prefix(prefix, noise=noise, num_steps=num_steps, generator=generator)
+            actions = self._sample_unguided(prefix, noise, generator, num_steps)
         else:
             cfg = self.config
             guide.check(cfg.chunk_size, cfg.action_dim, prefix.batch_size)
