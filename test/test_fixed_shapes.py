@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from model_fixtures import fixed_noise, make_observation, tiny_policy, torch_single_thread  # noqa: F401
 
 from hlrp_ros.policies.common.fixed_shapes import FixedShapeSampler
@@ -103,6 +104,40 @@ def test_a_compiled_policy_serves_chunks_like_the_eager_one(torch_single_thread)
         assert torch.allclose(got, expected, atol=1e-4, rtol=0), (got - expected).abs().max()
 
 
+class HostTraffic(TorchDispatchMode):
+    """Counts the operations that would stall or break a CUDA-graph recording: reading a device value on the
+    host (``.item()``, ``bool(t)``) and making a tensor from host data (``torch.tensor(...)``)."""
+
+    HOST_OPS = ("aten._local_scalar_dense", "aten.lift_fresh")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func).startswith(self.HOST_OPS):
+            self.seen.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def host_traffic_of_a_chunk(model, inputs, noise, fixed_shapes: bool) -> list[str]:
+    times = euler_time_tensor(3, "cpu")
+    with torch.no_grad():
+        euler_denoise(model.denoise_step, model.encode_prefix(*inputs, fixed_shapes=True), noise, times)  # warm
+        with HostTraffic() as traffic:
+            prefix = model.encode_prefix(*inputs, fixed_shapes=fixed_shapes)
+            euler_denoise(model.denoise_step, prefix, noise, times)
+    return traffic.seen
+
+
+def test_a_fixed_shape_chunk_never_reads_the_device_on_the_host_nor_copies_host_data_in(policy):
+    inputs = policy.fixed_shape_inputs(policy._prefix_inputs([OBSERVATIONS[0]])[0])
+    noise = fixed_noise(policy, batch=1)
+    assert host_traffic_of_a_chunk(policy.model, inputs, noise, fixed_shapes=True) == []
+    # the eager form asks whether the prefix has padding: the check above can see that
+    assert host_traffic_of_a_chunk(policy.model, inputs, noise, fixed_shapes=False) != []
+
+
 @pytest.mark.parametrize("variant", ["pi0-tiny", "pi05-tiny"])
 def test_the_pi_family_runs_the_same_fixed_shape_path(variant, torch_single_thread):  # noqa: F811
     torch.manual_seed(0)
@@ -122,6 +157,7 @@ def test_the_pi_family_runs_the_same_fixed_shape_path(variant, torch_single_thre
                                  euler_time_tensor(3, "cpu"))
     compiled = policy.normalize_action.inverse(compiled[0, :, : cfg.action_dim])
     assert torch.allclose(compiled, expected, atol=1e-5, rtol=0), (compiled - expected).abs().max()
+    assert host_traffic_of_a_chunk(model, inputs, noise[None], fixed_shapes=True) == []
 
 
 def test_cuda_graphs_need_a_cuda_model(policy):

@@ -16,6 +16,7 @@ the state token its own block, and the action tokens are strictly causal among t
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -100,6 +101,7 @@ def sincos_2d_pos_embed(embed_dim: int, grid_size: int) -> Tensor:
 
 
 @torch.compiler.assume_constant_result  # traced once, as a constant: no tensor reaches the graph
+@functools.lru_cache(maxsize=64)  # eager: computed once, not on every chunk
 def scale_in_dtype(value: float, dtype: torch.dtype) -> float:
     """``value`` rounded to ``dtype``, as a Python float: the same product as with a 0-d tensor of that dtype
     (SmolVLA scales image tokens that way), without copying a tensor to the device."""
@@ -249,9 +251,9 @@ class VLAFlowMatching(nn.Module):
         device = lang_tokens.device
 
         def starts(n_tokens: int, first: bool = False, rest: bool = False) -> Tensor:
-            flags = torch.full((n_tokens,), rest, dtype=torch.bool, device=device)
-            flags[:1] = first
-            return flags
+            """Block-start flags of ``n_tokens`` tokens: ``first`` for the first, ``rest`` for the others."""
+            return torch.cat([torch.full((min(n_tokens, 1),), first, dtype=torch.bool, device=device),
+                              torch.full((max(n_tokens - 1, 0),), rest, dtype=torch.bool, device=device)])
 
         for img, img_mask in zip(images, img_masks, strict=True):
             bsize = img.shape[0]

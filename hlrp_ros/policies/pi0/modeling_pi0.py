@@ -296,10 +296,8 @@ class PI0FlowMatching(nn.Module):
         c = cfg.chunk_size
         n_state = 0 if cfg.is_pi05 else 1
         suffix_pad = torch.ones(b, n_state + c, dtype=torch.bool, device=pad.device)
-        suffix_att = torch.zeros(b, n_state + c, dtype=torch.long, device=pad.device)
-        suffix_att[:, 0] = 1
-        if n_state:
-            suffix_att[:, 1] = 1
+        # blocks start at the state token (PI0) and at the first action token; built without host data
+        suffix_att = (torch.arange(n_state + c, device=pad.device) < 1 + n_state).long()[None].expand(b, -1)
         full_pad = torch.cat([pad, suffix_pad], dim=1)
         full_att = torch.cat([torch.zeros_like(pad, dtype=torch.long), suffix_att], dim=1)
         allowed = make_att_2d_masks(full_pad, full_att)
