@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 from model_fixtures import fixed_noise, make_observation, tiny_policy, torch_single_thread  # noqa: F401
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from hlrp_ros.policies.common.fixed_shapes import FixedShapeSampler
 from hlrp_ros.policies.common.flow_matching import euler_denoise, euler_time_tensor
