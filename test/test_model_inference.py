@@ -185,6 +185,20 @@ def test_images_are_resized_with_padding_on_top_left_and_scaled_to_minus_one_one
         policy.processor.prepare_images({"wrist": img})
 
 
+def test_an_image_already_at_the_model_size_is_not_resampled():
+    img = torch.rand(1, 3, 24, 40)
+    assert resize_with_pad(img, 40, 24) is img  # skipping is exact: a same-size bilinear resize is the identity
+    assert torch.equal(torch.nn.functional.interpolate(img, size=(24, 40), mode="bilinear", align_corners=False), img)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_images_prepared_on_the_gpu_match_the_host(policy):
+    img = np.random.default_rng(0).integers(0, 256, size=(48, 80, 3), dtype=np.uint8)
+    host = policy.processor.prepare_image(img)
+    gpu = policy.processor.prepare_image(img, device="cuda")
+    assert gpu.device.type == "cuda" and torch.allclose(gpu.cpu(), host, atol=1e-6)
+
+
 def test_prefix_lm_mask_blocks():
     # [img img lang | state | a0 | a1]
     att = torch.tensor([[0, 0, 0, 1, 1, 1]])

@@ -666,8 +666,8 @@ class HLRPPolicy(FixedShapeExecution, nn.Module, ActionExpert):
 
     # --- prefix / sampling --------------------------------------------------------------------------------
     def _prefix_inputs(self, observations: list[Observation]) -> tuple[list, bool]:
-        batch = self.processor.collate(observations)
         device = self.device
+        batch = self.processor.collate(observations, image_device=device)
         images = [batch["images"][:, i].to(device) for i in range(batch["images"].shape[1])]
         img_masks = [batch["image_masks"][:, i].to(device) for i in range(batch["image_masks"].shape[1])]
         state = pad_vector(self.normalize_state(batch["state"].to(device)), self.config.max_state_dim)

@@ -131,6 +131,8 @@ def resize_with_pad(img: Tensor, width: int, height: int, pad_value: float = 0.0
     """Resizes ``(B, C, H, W)`` keeping the aspect ratio, then pads left/top to ``(height, width)`` (SmolVLA)."""
     if img.ndim != 4:
         raise ValueError(f"(b, c, h, w) expected, got {tuple(img.shape)}")
+    if tuple(img.shape[2:]) == (height, width):  # a bilinear resize to the same size is the identity, bit for bit
+        return img
     resized_height, resized_width = fitted_size(img.shape[2], img.shape[3], height, width)
     resized = F.interpolate(img, size=(resized_height, resized_width), mode="bilinear", align_corners=False)
     pad_height, pad_width = max(0, int(height - resized_height)), max(0, int(width - resized_width))
@@ -207,11 +209,17 @@ class HLRPProcessor:
         return ids, mask, torch.tensor([r.truncated for r in rows], dtype=torch.bool)
 
     # --- images -----------------------------------------------------------------------------------------
-    def prepare_image(self, image: np.ndarray | Tensor) -> Tensor:
-        """RGB ``(H, W, 3)`` uint8 (or float in [0, 1]) -> ``(1, 3, h, w)`` float32 in ``[-1, 1]``."""
+    def prepare_image(self, image: np.ndarray | Tensor, device: torch.device | str | None = None) -> Tensor:
+        """RGB ``(H, W, 3)`` uint8 (or float in [0, 1]) -> ``(1, 3, h, w)`` float32 in ``[-1, 1]``.
+
+        ``device``: where the conversion and resize run (the policy's): the image travels as it came (uint8: a
+        quarter of the float bytes) and a GPU does the per-pixel work. None: where the image is (the host).
+        """
         arr = torch.as_tensor(np.asarray(image))
         if arr.ndim != 3 or arr.shape[-1] != 3:
             raise ValueError(f"expected an RGB image (H, W, 3), got shape {tuple(arr.shape)}")
+        if device is not None:
+            arr = arr.to(device)
         img = arr.permute(2, 0, 1)[None].to(torch.float32)
         if arr.dtype == torch.uint8:
             img = img / 255.0
@@ -219,12 +227,12 @@ class HLRPProcessor:
         img = resize_with_pad(img, width, height, pad_value=self.config.image_pad_value)
         return img * 2.0 - 1.0
 
-    def prepare_images(self, images: dict[str, np.ndarray]) -> list[Tensor]:
-        """One ``(1, 3, h, w)`` tensor per configured camera, in ``camera_names`` order."""
+    def prepare_images(self, images: dict[str, np.ndarray], device: torch.device | str | None = None) -> list[Tensor]:
+        """One ``(1, 3, h, w)`` tensor per configured camera, in ``camera_names`` order (on ``device``)."""
         missing = [name for name in self.config.camera_names if name not in images]
         if missing:
             raise ValueError(f"observation lacks camera(s) {missing}; has {sorted(images)}")
-        return [self.prepare_image(images[name]) for name in self.config.camera_names]
+        return [self.prepare_image(images[name], device) for name in self.config.camera_names]
 
     # --- abstract tokens --------------------------------------------------------------------------------
     def prepare_abstract_tokens(self, tokens: Sequence[Sequence[int] | None]) -> tuple[Tensor, Tensor] | None:
@@ -248,9 +256,12 @@ class HLRPProcessor:
 
     # --- whole observations -----------------------------------------------------------------------------
     def collate(
-        self, observations: Sequence[Observation], actions: np.ndarray | Tensor | None = None
+        self, observations: Sequence[Observation], actions: np.ndarray | Tensor | None = None,
+        image_device: torch.device | str | None = None,
     ) -> dict[str, Tensor]:
         """Batches observations (and optional action chunks) into model inputs.
+
+        ``image_device``: prepare the images there (see :meth:`prepare_image`); the rest stays on the host.
 
         Returns:
             Dict with ``images`` ``(B, n_cams, 3, h, w)``, ``image_masks`` ``(B, n_cams)``, ``lang_tokens`` and
@@ -260,7 +271,7 @@ class HLRPProcessor:
         if not observations:
             raise ValueError("collate needs at least one observation")
         images = torch.stack(
-            [torch.cat(self.prepare_images(o.images), dim=0) for o in observations], dim=0
+            [torch.cat(self.prepare_images(o.images, image_device), dim=0) for o in observations], dim=0
         )
         lang_tokens, lang_masks, truncated = self.tokenize_batch([o.instruction for o in observations])
         states = np.stack([np.asarray(o.state, dtype=np.float32).reshape(-1) for o in observations])

@@ -511,7 +511,7 @@ class PI0Policy(FixedShapeExecution, nn.Module, ActionExpert):
         """Encodes one observation (or a list) into a :class:`PI0Prefix` (prefix layers run once)."""
         batched = isinstance(observation, list | tuple)
         observations = list(observation) if batched else [observation]
-        batch = self.processor.collate(observations)
+        batch = self.processor.collate(observations, image_device=self.device)
         prefix = self._encode_inputs(self._model_inputs(batch))
         prefix.batched = batched
         prefix.truncated = bool(batch["lang_truncated"].any())
@@ -540,7 +540,7 @@ class PI0Policy(FixedShapeExecution, nn.Module, ActionExpert):
     def predict_uncached(self, observations: list[Observation], num_steps: int | None = None,
                          noise: Tensor | None = None) -> Tensor:
         """Reference path without the cache (whole joint pass per step): ``(B, C, action_dim)``."""
-        batch = self.processor.collate(observations)
+        batch = self.processor.collate(observations, image_device=self.device)
         actions = self.model.sample_uncached(*self._model_inputs(batch), noise=noise, num_steps=num_steps)
         return self.normalize_action.inverse(actions[..., : self.config.action_dim]).cpu()
 

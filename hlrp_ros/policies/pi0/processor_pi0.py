@@ -61,11 +61,14 @@ class PI0Processor(HLRPProcessor):
         super().__init__(config, tokenizer)  # type: ignore[arg-type] - duck-typed config fields
         self.normalize_state = normalize_state
 
-    def prepare_image(self, image: np.ndarray | Tensor) -> Tensor:
-        """RGB ``(H, W, 3)`` uint8 (or float in [0, 1]) -> ``(1, 3, h, w)`` float32 in ``[-1, 1]``."""
+    def prepare_image(self, image: np.ndarray | Tensor, device: torch.device | str | None = None) -> Tensor:
+        """RGB ``(H, W, 3)`` uint8 (or float in [0, 1]) -> ``(1, 3, h, w)`` float32 in ``[-1, 1]`` (on ``device``:
+        see :meth:`HLRPProcessor.prepare_image`)."""
         arr = torch.as_tensor(np.asarray(image))
         if arr.ndim != 3 or arr.shape[-1] != 3:
             raise ValueError(f"expected an RGB image (H, W, 3), got shape {tuple(arr.shape)}")
+        if device is not None:
+            arr = arr.to(device)
         img = arr.permute(2, 0, 1)[None].to(torch.float32)
         if arr.dtype == torch.uint8:
             img = img / 255.0
@@ -82,9 +85,11 @@ class PI0Processor(HLRPProcessor):
         return [pi05_prompt(o.instruction, row) for o, row in zip(observations, bins, strict=True)]
 
     def collate(
-        self, observations: Sequence[Observation], actions: np.ndarray | Tensor | None = None
+        self, observations: Sequence[Observation], actions: np.ndarray | Tensor | None = None,
+        image_device: torch.device | str | None = None,
     ) -> dict[str, Tensor]:
-        """Batches observations (and optional action chunks ``(B, chunk_size, action_dim)``, raw units).
+        """Batches observations (and optional action chunks ``(B, chunk_size, action_dim)``, raw units); images
+        prepared on ``image_device`` (see :meth:`HLRPProcessor.prepare_image`).
 
         Returns:
             ``images`` ``(B, n_cams, 3, h, w)``, ``image_masks`` ``(B, n_cams)``, ``lang_tokens`` /
@@ -93,7 +98,8 @@ class PI0Processor(HLRPProcessor):
         """
         if not observations:
             raise ValueError("collate needs at least one observation")
-        images = torch.stack([torch.cat(self.prepare_images(o.images), dim=0) for o in observations], dim=0)
+        images = torch.stack([torch.cat(self.prepare_images(o.images, image_device), dim=0) for o in observations],
+                             dim=0)
         states = np.stack([np.asarray(o.state, dtype=np.float32).reshape(-1) for o in observations])
         if states.shape[1] != self.config.state_dim:
             raise ValueError(f"state has {states.shape[1]} values, config.state_dim is {self.config.state_dim}")
