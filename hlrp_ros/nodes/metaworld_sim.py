@@ -7,6 +7,11 @@ Publishes (stamped with the simulated time, which it also publishes on ``/clock`
     frame) and ``gripper`` (finger opening, 0 closed .. 1 open), every step.
   * ``~/observation`` (std_msgs/Float64MultiArray): Meta-World's full 39-D observation (hand xyz,
     gripper, two objects' position and quaternion, the previous step's 18 values, the goal xyz).
+  * ``~/full_state`` (sensor_msgs/JointState): the same 39 values as named positions (``OBS_NAMES``:
+    ``ee_x`` .. ``gripper``, ``obj1_x`` .. ``obj1_q3``, ``obj2_*``, ``prev_*``, ``goal_x`` .. ``goal_z``),
+    every step with the ``/joint_states`` stamp: the state of a policy trained on the full observation
+    (policy_node ``joint_states_topic: /metaworld_sim/full_state``, ``state_joint_names``: ``OBS_NAMES``;
+    its action is still the 4-D command named by ``STATE_NAMES``, which the message also carries).
   * ``~/episode`` (std_msgs/String, JSON): ``episode`` (counter), ``task``, ``seed``, ``step``,
     ``time`` (simulated s since the episode's first step), ``running`` (false while the world waits for
     the episode's first chunk and after it ended), ``success``, ``success_step``, ``done``
@@ -56,6 +61,7 @@ from hlrp_ros.sim.metaworld_env import (
     CAMERAS,
     MAX_STEPS,
     MT10_TASKS,
+    OBS_NAMES,
     STATE_NAMES,
     STEP_DT,
     MetaWorldConfig,
@@ -115,6 +121,7 @@ class MetaWorldSim(Node):
         self.image_pub = self.create_publisher(Image, "/camera/image_raw", sensor)
         self.joint_pub = self.create_publisher(JointState, "/joint_states", 10)
         self.obs_pub = self.create_publisher(Float64MultiArray, "~/observation", 10)
+        self.full_state_pub = self.create_publisher(JointState, "~/full_state", 10)
         self.status_pub = self.create_publisher(String, "~/episode", 10)
         self.create_subscription(JointState, p["command_topic"], self._on_command, 10)
         from hlrp_ros.msg import ActionChunk
@@ -237,7 +244,11 @@ class MetaWorldSim(Node):
         joints = JointState(name=list(STATE_NAMES), position=self.env.state().tolist())
         joints.header.stamp = stamp
         self.joint_pub.publish(joints)
-        self.obs_pub.publish(Float64MultiArray(data=np.asarray(self.env.obs, float).tolist()))
+        observation = self.env.observation().tolist()
+        self.obs_pub.publish(Float64MultiArray(data=observation))
+        full = JointState(name=list(OBS_NAMES), position=observation)
+        full.header.stamp = stamp
+        self.full_state_pub.publish(full)
         self.status_pub.publish(String(data=json.dumps(self.status())))
 
     def status(self) -> dict:

@@ -9,7 +9,8 @@ controller's "hold" and chunk interpolation assume; a held delta would keep the 
 step's reach.
 
 State (``STATE_NAMES``): end-effector x, y, z (m, world frame) and the gripper opening (Meta-World's
-normalised finger distance, 0 closed .. 1 open). Command (same names, so a policy's state and action
+normalised finger distance, 0 closed .. 1 open); or the full 39-D observation, named by ``OBS_NAMES``
+(its first four are ``STATE_NAMES``; objects, previous frame, goal). Command (same names, so a policy's state and action
 share them): target x, y, z (m) and the gripper effort (-1 open .. +1 close).
 
 Seeds: an episode is (task, seed); the seed draws the object and goal positions from the task's own
@@ -74,6 +75,21 @@ EXPERTS = {
 
 #: Names of the state and command dimensions (see the module docstring).
 STATE_NAMES = ("ee_x", "ee_y", "ee_z", "gripper")
+
+
+def _frame_names(prefix: str = "") -> tuple[str, ...]:
+    objects = tuple(f"{o}_{a}" for o in ("obj1", "obj2") for a in ("x", "y", "z", "q0", "q1", "q2", "q3"))
+    return tuple(prefix + n for n in (*STATE_NAMES, *objects))
+
+
+#: Names of Meta-World's 39-D observation, in its order: hand xyz (m) and gripper opening (``STATE_NAMES``),
+#: object 1 position (m) and quaternion (``obj1_q0..q3`` in the order Meta-World writes it), object 2 the same
+#: (zeros where a task has one object), the previous step's 18 values (``prev_`` + those names), the goal xyz
+#: (m). The first four are ``STATE_NAMES``, so a policy whose state is the full observation and whose action
+#: is the 4-D command reads both from one ``/joint_states`` message.
+OBS_NAMES = (*_frame_names(), *_frame_names("prev_"), "goal_x", "goal_y", "goal_z")
+#: What a dataset or policy may take as its state: the 4-D end effector or the full observation.
+STATE_KINDS = {"ee": STATE_NAMES, "full": OBS_NAMES}
 CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper", "gripperPOV")
 #: Cameras whose scene mounting is upside down.
 FLIPPED_CAMERAS = ("corner", "corner2", "corner3", "corner4")
@@ -224,6 +240,16 @@ class MetaWorldEnv:
     def state(self) -> np.ndarray:
         """(4,) end-effector xyz (m) and gripper opening (0..1), as ``STATE_NAMES``."""
         return np.asarray(self.obs[:4], dtype=np.float64).copy()
+
+    def observation(self) -> np.ndarray:
+        """(39,) Meta-World's observation, as ``OBS_NAMES``."""
+        return np.asarray(self.obs, dtype=np.float64).copy()
+
+    def state_of(self, kind: str) -> np.ndarray:
+        """The state named by ``STATE_KINDS[kind]``: ``state()`` ("ee") or ``observation()`` ("full")."""
+        if kind not in STATE_KINDS:
+            raise ValueError(f"state kind is one of {sorted(STATE_KINDS)}, got {kind!r}")
+        return self.state() if kind == "ee" else self.observation()
 
     def target(self) -> np.ndarray:
         """(3,) the current mocap target position (m): where the end effector is being pulled."""
