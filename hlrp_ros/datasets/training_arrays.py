@@ -29,7 +29,8 @@ def training_arrays(root: str | Path, horizon: int, camera: str | None = None, i
     """``images`` (N, H, W, 3) uint8, ``states`` (N, D), ``actions`` (N, horizon, A), ``instruction_ids``
     (N,) into ``instructions``, ``episode`` (N,), ``frame_index`` (N,) (every frame, in order: consecutive
     frames are one ``1 / fps`` apart, unless the dataset has keyframes: then also ``rollout_step`` (N,)),
-    ``joint_names`` and ``meta`` (one line naming the source).
+    ``joint_names`` (the state's names), ``action_names`` (the action's; the same unless the dataset records
+    a different state, e.g. Meta-World's full observation) and ``meta`` (one line naming the source).
 
     Args:
         root: Dataset directory.
@@ -75,6 +76,7 @@ def training_arrays(root: str | Path, horizon: int, camera: str | None = None, i
     data = {k: np.concatenate(v) for k, v in parts.items()}
     data["instructions"] = np.array(reader.tasks)
     data["joint_names"] = np.array(reader.joint_names)
+    data["action_names"] = np.array(reader.action_names or reader.joint_names)
     data["meta"] = np.array([f"lerobot_v3={Path(root)} camera={camera} episodes={len(reader)} fps={reader.fps} "
                              f"horizon={horizon} actions={EXPERT_CHUNK if labelled else 'action chunks'}"])
     return data

@@ -53,17 +53,28 @@ BLIND_INSTRUCTION = "reach the target"
 
 def build_policy(chunk_size: int, n_action_steps: int, image_size: int,
                  joint_names: list[str] | None = None, words: list[str] | None = None,
-                 rtc_max_delay: int = 0, rtc_prefix_noise: float = 0.0) -> HLRPPolicy:
+                 rtc_max_delay: int = 0, rtc_prefix_noise: float = 0.0, state_dim: int | None = None,
+                 width: int | None = None) -> HLRPPolicy:
     """The demo model: the ``tiny`` preset sized for the 3-joint arm (or ``joint_names``), fixed 2D sin-cos
     vision positions; the tiny tokenizer's default vocabulary, or ``words``; ``rtc_max_delay``: trained to
     continue chunk prefixes of up to that many actions (real-time chunking by conditioning), bent in training
-    by ``rtc_prefix_noise``."""
+    by ``rtc_prefix_noise``. ``state_dim``: when the state is not the action's joints (default: as many as
+    ``joint_names``). ``width``: the text model's hidden size instead of the preset's 64 (heads of 16, the
+    MLP twice as wide; the action expert follows it by ``expert_width_multiplier``)."""
     joint_names = list(joint_names) if joint_names else list(ArmSpec().joint_names)
+    overrides = {}
+    if width is not None:
+        if width <= 0 or width % 32:
+            raise ValueError(f"width must be a positive multiple of 32, got {width}")
+        vlm = make_config("tiny").vlm_config
+        vlm["text_config"].update(hidden_size=width, intermediate_size=2 * width, num_attention_heads=width // 16,
+                                  num_key_value_heads=width // 32, head_dim=16)
+        overrides["vlm_config"] = vlm
     config = make_config(
-        "tiny", state_dim=len(joint_names), action_dim=len(joint_names), joint_names=joint_names,
+        "tiny", state_dim=state_dim or len(joint_names), action_dim=len(joint_names), joint_names=joint_names,
         image_size=(image_size, image_size), chunk_size=chunk_size, n_action_steps=n_action_steps,
         num_steps=10, vision_sincos_pos_embed=True, freeze_vision_pos_embed=True, rtc_max_delay=rtc_max_delay,
-        rtc_prefix_noise=rtc_prefix_noise,
+        rtc_prefix_noise=rtc_prefix_noise, **overrides,
     )
     tokenizer = None
     if words is not None:
@@ -153,10 +164,27 @@ class Batcher:
         }
 
 
-def stats(x: np.ndarray) -> dict[str, np.ndarray]:
+def stats(x: np.ndarray, std_floor: float = 0.0) -> dict[str, np.ndarray]:
+    """Mean, std (at least ``std_floor``: a dimension constant in the data, such as an absent second object's
+    coordinates, would otherwise turn float noise at run time into huge normalised values), min, max."""
     flat = x.reshape(-1, x.shape[-1]).astype(np.float64)
-    return {"mean": flat.mean(0).astype(np.float32), "std": flat.std(0).astype(np.float32),
+    return {"mean": flat.mean(0).astype(np.float32), "std": np.maximum(flat.std(0), std_floor).astype(np.float32),
             "min": flat.min(0).astype(np.float32), "max": flat.max(0).astype(np.float32)}
+
+
+def image_stats(images: np.ndarray, chunk: int = 2048) -> dict[str, np.ndarray]:
+    """Per-channel ``mean`` / ``std`` of ``(N, H, W, 3)`` uint8 frames in ``[0, 1]`` units (what the diffusion
+    processor gives the model), accumulated in float64 ``chunk`` frames at a time (the whole array as floats
+    would not fit in memory)."""
+    total, sq, count = np.zeros(3), np.zeros(3), 0
+    for start in range(0, len(images), chunk):
+        part = images[start: start + chunk].reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
+        total += part.sum(0)
+        sq += np.square(part).sum(0)
+        count += len(part)
+    mean = total / max(count, 1)
+    std = np.sqrt(np.maximum(sq / max(count, 1) - np.square(mean), 0.0))
+    return {"mean": mean.astype(np.float32), "std": std.astype(np.float32)}
 
 
 def learning_rate(step: int, total: int, peak: float, warmup: int) -> float:
@@ -246,19 +274,30 @@ def train(args: argparse.Namespace) -> Path:
 
     data = training_arrays(args.dataset, args.horizon, args.camera, args.image_size)
     horizon = data["actions"].shape[1]
-    joint_names = [str(n) for n in data["joint_names"]] if "joint_names" in data else None
+    state_names = [str(n) for n in data["joint_names"]] if "joint_names" in data else None
+    # The action's names are the checkpoint's joint_names; the state may be other values (state_dim from the
+    # data; its names go to training.json, which policy_node's state_joint_names must then list).
+    joint_names = [str(n) for n in data["action_names"]] if "action_names" in data else state_names
+    state_dim = int(data["states"].shape[1])
     if args.policy == "hlrp":
         words = instruction_words(data["instructions"]) if args.vocabulary == "dataset" else None
-        policy = build_policy(horizon, args.n_action_steps, data["images"].shape[1], joint_names, words,
-                              args.rtc_max_delay, args.rtc_prefix_noise)
+        model_size = args.model_image_size or data["images"].shape[1]
+        policy = build_policy(horizon, args.n_action_steps, model_size, joint_names, words,
+                              args.rtc_max_delay, args.rtc_prefix_noise, state_dim=state_dim, width=args.width)
     else:
-        if args.vocabulary != "default" or args.rtc_max_delay:
-            raise SystemExit("--vocabulary / --rtc-max-delay act on the HLRP model: --policy hlrp only")
+        if args.vocabulary != "default" or args.rtc_max_delay or args.width or args.model_image_size:
+            raise SystemExit("--vocabulary / --rtc-max-delay / --width / --model-image-size act on the HLRP model: "
+                             "--policy hlrp only")
+        if state_names != joint_names:
+            raise SystemExit(f"--policy {args.policy}: the dataset's state {state_names} is not its action's "
+                             f"joints {joint_names}; only --policy hlrp trains such a state")
         policy = build_family_policy(args.policy, horizon, args.n_action_steps, data["images"].shape[1],
                                      joint_names or list(ArmSpec().joint_names), "top", args.n_obs_steps,
                                      language=not args.blind, vision_film=args.vision_film,
                                      backbone_stages=args.backbone_stages)
-    policy.set_normalization_stats(state=stats(data["states"]), action=stats(data["actions"]))
+    policy.set_normalization_stats(state=stats(data["states"], args.state_std_floor), action=stats(data["actions"]))
+    if args.policy == "diffusion":  # its ResNet sees the frames normalised per channel (image_norm_mode mean_std)
+        policy.set_normalization_stats(image=image_stats(data["images"]))
     if args.init_from is not None:  # its statistics too: its weights were trained against them
         load_initial_weights(policy, args.init_from / "model.safetensors", args.init_new_tensors,
                              args.init_matching_tensors)
@@ -297,7 +336,10 @@ def train(args: argparse.Namespace) -> Path:
             "rtc_prefix_noise": args.rtc_prefix_noise,
             "init_from": None if args.init_from is None else str(args.init_from),
             "policy": args.policy, "n_obs_steps": args.n_obs_steps, "blind": args.blind, "dataset": str(args.dataset), "dataset_meta": str(data.get("meta", [""])[0]),
-            "parameters": n_params}
+            "parameters": n_params, "width": args.width, "model_image_size": args.model_image_size, "state_std_floor": args.state_std_floor,
+            # The checkpoint's config names the action's joints only: the state's names (policy_node
+            # state_joint_names when they differ) are kept here.
+            "state_names": state_names, "action_names": joint_names}
     policy.train()
     t0 = time.monotonic()
     ema = None
@@ -346,6 +388,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--horizon", type=int, default=16, help="action chunk length")
     parser.add_argument("--camera", default=None, help="camera feature key (default: the first)")
     parser.add_argument("--image-size", type=int, default=64, help="square image size")
+    parser.add_argument("--model-image-size", type=int, default=None,
+                        help="hlrp: the model's input size when it differs from --image-size: each batch is resized "
+                             "by the processor's own resize, as policy_node resizes camera frames (e.g. 64 px "
+                             "frames, a 32 px model)")
     parser.add_argument("--vocabulary", choices=("default", "dataset"), default="default",
                         help="tokenizer words: the tiny default (tabletop words) or exactly the training "
                              "instructions' words (others become <unk>; pair with --word-dropout)")
@@ -387,6 +433,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rtc-prefix-noise", type=float, default=0.0,
                         help="with --rtc-max-delay: std (normalised action units) of the random bend of the given "
                              "prefix (0 at its last action), so the goal comes from the observation. 0: off")
+    parser.add_argument("--width", type=int, default=None,
+                        help="hlrp: hidden size of the text model (tiny preset: 64), a multiple of 32; the action "
+                             "expert follows by expert_width_multiplier")
+    parser.add_argument("--state-std-floor", type=float, default=0.0,
+                        help="smallest state std of the normalisation (0: as measured); for states with constant "
+                             "dimensions, e.g. 0.01 for Meta-World's full observation")
     parser.add_argument("--ema", type=float, default=0.0,
                         help="weight-averaging decay (e.g. 0.999); the checkpoint is the average. 0: off")
     args = parser.parse_args(argv)
