@@ -10,6 +10,11 @@ seeds' limit), one after the other in one running graph:
            task A's, so a policy that follows the words scores low here.
 
 An episode ends at Meta-World's success or after ``max_steps`` steps (500 by default).
+
+The policy's state: a checkpoint trained on the 4-D end effector (its state is its action's joints)
+reads ``/joint_states``; one trained on Meta-World's full observation (``metaworld_dataset --state
+full``: the state names in its ``training.json`` differ from its joint names) reads
+``/metaworld_sim/full_state`` with ``state_joint_names`` set to those names (``policy_state_params``).
 """
 
 from __future__ import annotations
@@ -22,11 +27,29 @@ from pathlib import Path
 
 import numpy as np
 
-from hlrp_ros.sim.metaworld_env import MT10_TASKS, instruction_for
+from hlrp_ros.sim.metaworld_env import MT10_TASKS, OBS_NAMES, instruction_for
 from hlrp_ros.tools.closed_loop import GraphDriver
 from hlrp_ros.tools.metaworld_dataset import TRAIN_SEED_LIMIT
 
 CONDITIONS = ("train", "heldout", "wrong")
+#: metaworld_sim's topic of the full observation as named positions (``OBS_NAMES``).
+FULL_STATE_TOPIC = "/metaworld_sim/full_state"
+
+
+def policy_state_params(checkpoint: Path) -> dict:
+    """policy_node parameters that wire the checkpoint's state: none for a state that is the action's joints
+    (``/joint_states``), else ``joint_states_topic`` (the full observation's topic) and ``state_joint_names``
+    (from ``training.json``'s ``state_names``, which must be Meta-World observation names)."""
+    training = Path(checkpoint) / "training.json"
+    info = json.loads(training.read_text()) if training.is_file() else {}
+    config = json.loads((Path(checkpoint) / "config.json").read_text())
+    state_names = info.get("state_names")
+    if not state_names or list(state_names) == list(config.get("joint_names") or []):
+        return {}
+    unknown = [n for n in state_names if n not in OBS_NAMES]
+    if unknown:
+        raise ValueError(f"{checkpoint}: state names {unknown} are not Meta-World observation names (OBS_NAMES)")
+    return {"joint_states_topic": FULL_STATE_TOPIC, "state_joint_names": list(state_names)}
 
 
 def plan_episode(condition: str, task: str, index: int, seed: int) -> dict:
@@ -145,7 +168,8 @@ def bring_up_metaworld(checkpoint: Path, time_mode: str, log_dir: Path):
     from hlrp_ros.tools.closed_loop import bring_up, joined_graph
 
     env = isolated_ros_env()
-    procs = bring_up(checkpoint, env, log_dir, world="metaworld", sim_params={"time_mode": time_mode})
+    procs = bring_up(checkpoint, env, log_dir, world="metaworld", sim_params={"time_mode": time_mode},
+                     policy_params=policy_state_params(checkpoint))
     joined = contextlib.ExitStack()
     joined.enter_context(joined_graph(env))
     return procs, joined.close
