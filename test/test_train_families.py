@@ -143,3 +143,47 @@ def test_a_shorter_trunk_starts_from_the_matching_tensors_of_a_whole_trunk_check
     assert torch.allclose(short[layer3], whole[layer3], atol=1e-6)  # loaded (lr ~0: unchanged)
     kp = "diffusion.rgb_encoder.pool.nets.weight"
     assert short[kp].shape == (whole[kp].shape[0], 256, 1, 1)
+
+
+def demo_like_frame(x: int, y: int) -> np.ndarray:
+    """A 64x64 frame like the demo world's: a flat beige table and one small red target at (x, y)."""
+    img = np.empty((64, 64, 3), np.uint8)
+    img[:] = (192, 183, 161)
+    yy, xx = np.mgrid[:64, :64]
+    img[(yy - y) ** 2 + (xx - x) ** 2 <= 9] = (220, 40, 40)
+    return img
+
+
+@pytest.mark.parametrize("stages", [4, 3])
+def test_the_diffusion_family_trunk_tells_apart_frames_that_differ_only_in_where_a_small_target_is(stages):
+    """Fed raw [0, 1] pixels the trunk's output was dominated by the flat background (its spread over such frames
+    ~0.1 of its size, 0.01 after training: the policy ignored the image, its actions the same for any frame).
+    Normalised per channel with the frames' statistics (what train does) it varies by its own size."""
+    from hlrp_ros.policies.diffusion.modeling_diffusion import center_crop
+    from hlrp_ros.tools.train import image_stats
+
+    frames = np.stack([demo_like_frame(x, y) for x in (16, 32, 48) for y in (16, 32, 48)])
+    torch.manual_seed(0)
+    policy = build_family_policy("diffusion", 16, 8, 64, ["a", "b", "c"], "top", language=False,
+                                 backbone_stages=stages)
+    assert policy.config.image_norm_mode == "mean_std"
+    policy.set_normalization_stats(image=image_stats(frames))
+    obs = [Observation(images={"top": f}, state=np.zeros(3, np.float32), instruction="") for f in frames]
+    with torch.no_grad():
+        images = policy._model_inputs(policy.processor.collate(obs))["images"].flatten(0, 2)
+        maps = policy.diffusion.rgb_encoder.backbone(center_crop(images, *policy.config.crop_shape))
+    spread = (maps.std(0).mean() / maps.abs().mean()).item()
+    assert spread > 0.4, spread  # measured: 0.65 / 1.0 (raw pixels: 0.09 / 0.09)
+
+
+def test_the_diffusion_family_normalises_frames_with_the_datasets_per_channel_statistics(dataset, tmp_path):
+    from hlrp_ros.tools.train import image_stats
+
+    train(dataset, tmp_path / "d", "--policy", "diffusion")
+    policy = load_policy(tmp_path / "d" / "final")
+    assert policy.config.image_norm_mode == "mean_std"
+    frames = training_arrays(dataset, horizon=8, image_size=32)["images"]
+    pixels = frames.reshape(-1, 3).astype(np.float64) / 255.0
+    np.testing.assert_allclose(policy.normalize_image.mean.numpy(), pixels.mean(0), atol=1e-5)
+    np.testing.assert_allclose(policy.normalize_image.std.numpy(), pixels.std(0), atol=1e-5)
+    assert np.allclose(image_stats(frames, chunk=7)["std"], pixels.std(0), atol=1e-5)  # chunked = whole

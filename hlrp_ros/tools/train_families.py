@@ -39,6 +39,10 @@ def build_family_policy(family: str, chunk_size: int, n_action_steps: int, image
       UNet, DDIM with 10 inference steps over 100 training steps, and (``language``) the instruction encoder,
       whose feature also FiLMs the ResNet stages (``vision_film``; see ``DiffusionConfig.text_film_vision``);
       ``backbone_stages`` 3 stops the trunk after layer3 (a 4x4 map for 64x64 frames instead of 2x2).
+      Frames are normalised per channel with the dataset's mean / std (``image_norm_mode="mean_std"``, LeRobot's
+      default for images; ``hlrp_ros.tools.train`` sets the statistics): the demo world's frames are a flat
+      background with small targets (per-channel std ~0.08 of the range), and fed raw the trunk's output hardly
+      depends on the frame; the policy then learnt to ignore the image altogether.
     """
     dims = len(joint_names)
     if family in ("pi0", "pi05"):
@@ -64,7 +68,7 @@ def build_family_policy(family: str, chunk_size: int, n_action_steps: int, image
             state_dim=dims, action_dim=dims, joint_names=joint_names, camera_names=[camera],
             image_size=(image_size, image_size), crop_shape=(crop, crop), n_obs_steps=n_obs_steps,
             horizon=horizon, n_action_steps=n_action_steps, down_dims=(64, 128, 256),
-            noise_scheduler_type="DDIM", num_train_timesteps=100, num_inference_steps=10,
+            noise_scheduler_type="DDIM", num_train_timesteps=100, num_inference_steps=10, image_norm_mode="mean_std",
             language_conditioned=language, text_film_vision=language and vision_film,
             backbone_stages=backbone_stages)
         return DiffusionPolicy(config, tokenizer=build_tiny_tokenizer() if language else None)
