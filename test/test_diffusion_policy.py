@@ -136,6 +136,16 @@ def test_chunk_shape_and_ddim_is_deterministic_from_noise(policy):
     assert torch.equal(policy.sample_chunk(prefix, noise=noise), a)
 
 
+@pytest.mark.parametrize("changes", [{}, LANG])
+def test_a_bfloat16_policy_samples_close_to_float32(changes):
+    obs = observation(3, instruction="push the red cube")
+    noise = torch.randn(TINY["horizon"], TINY["action_dim"], generator=torch.Generator().manual_seed(0))
+    expected = make_policy(**changes).predict_action_chunk(obs, noise=noise)
+    got = make_policy(**changes).to_device_dtype("cpu", "bfloat16").predict_action_chunk(obs, noise=noise)
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    assert (got - expected).abs().max() < 0.1, (got - expected).abs().max()
+
+
 def test_sample_chunk_is_the_diffusers_loop(policy):
     """The chunk equals a loop written against diffusers' DDIMScheduler directly (then sliced, un-normalised)."""
     prefix = policy.encode_prefix(observation(2))

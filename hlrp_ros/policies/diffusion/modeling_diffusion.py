@@ -375,13 +375,21 @@ class ConditionalUnet1d(nn.Module):
 
     def film_tables(self, timesteps: Tensor, global_cond: Tensor) -> list[Tensor]:
         """Per residual block, the FiLM vectors of every timestep: ``(S, B, C')`` (once per chunk)."""
-        embed = self.diffusion_step_encoder(timesteps)  # (S, step_dim)
+        embed = self.step_embedding(timesteps)  # (S, step_dim)
         return [block.film_table(embed, global_cond) for block in self.residual_blocks()]
+
+    def step_embedding(self, timesteps: Tensor) -> Tensor:
+        """``diffusion_step_encoder``: the sinusoid (float32) cast to the MLP's dtype (bfloat16 networks too)."""
+        sinusoid, *mlp = self.diffusion_step_encoder
+        x = sinusoid(timesteps).to(mlp[0].weight.dtype)
+        for layer in mlp:
+            x = layer(x)
+        return x
 
     def forward(self, x: Tensor, timestep: Tensor, global_cond: Tensor, films: list[Tensor] | None = None
                 ) -> Tensor:
         """``x`` ``(B, T, A)``; ``films`` (this step's rows of :meth:`film_tables`) replaces the conditioning."""
-        cond = None if films is not None else torch.cat([self.diffusion_step_encoder(timestep), global_cond], -1)
+        cond = None if films is not None else torch.cat([self.step_embedding(timestep), global_cond], -1)
         film = iter(films if films is not None else [None] * len(self.residual_blocks()))
         x = x.transpose(1, 2)  # (B, A, T)
         skips = []
