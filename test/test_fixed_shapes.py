@@ -92,50 +92,33 @@ def test_prefix_pass_and_denoising_step_compile_whole_and_match_eager(policy):
 
 
 def test_a_compiled_policy_serves_chunks_like_the_eager_one(torch_single_thread):  # noqa: F811
+    """The policy's compiled path end to end (aot_eager: what inductor is given, without generating kernels)."""
     torch._dynamo.reset()
     eager_policy = tiny_policy(seed=2)
     compiled_policy = tiny_policy(seed=2)
-    compiled_policy.set_execution(compile=True)
+    compiled_policy.set_execution(compile="aot_eager")
     for seed, obs in enumerate(OBSERVATIONS[:2]):
         noise = fixed_noise(eager_policy, seed=seed)
         expected = eager_policy.predict_action_chunk(obs, num_steps=3, noise=noise)
         got = compiled_policy.predict_action_chunk(obs, num_steps=3, noise=noise)
         assert got.shape == expected.shape
-        assert torch.allclose(got, expected, atol=1e-4, rtol=0), (got - expected).abs().max()
+        assert torch.allclose(got, expected, atol=1e-5, rtol=0), (got - expected).abs().max()
 
 
-class HostTraffic(TorchDispatchMode):
-    """Counts the operations that would stall or break a CUDA-graph recording: reading a device value on the
-    host (``.item()``, ``bool(t)``) and making a tensor from host data (``torch.tensor(...)``)."""
-
-    HOST_OPS = ("aten._local_scalar_dense", "aten.lift_fresh")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if str(func).startswith(self.HOST_OPS):
-            self.seen.append(str(func))
-        return func(*args, **(kwargs or {}))
-
-
-def host_traffic_of_a_chunk(model, inputs, noise, fixed_shapes: bool) -> list[str]:
-    times = euler_time_tensor(3, "cpu")
-    with torch.no_grad():
-        euler_denoise(model.denoise_step, model.encode_prefix(*inputs, fixed_shapes=True), noise, times)  # warm
-        with HostTraffic() as traffic:
-            prefix = model.encode_prefix(*inputs, fixed_shapes=fixed_shapes)
-            euler_denoise(model.denoise_step, prefix, noise, times)
-    return traffic.seen
-
-
-def test_a_fixed_shape_chunk_never_reads_the_device_on_the_host_nor_copies_host_data_in(policy):
+def test_inductor_compiles_the_denoising_step_to_the_eager_velocity(policy, torch_single_thread):  # noqa: F811
+    """inductor's own kernels for the step that runs num_steps times a chunk (the prefix pass compiles alike; left
+    out here because generating its kernels takes about a minute on a 2-core machine)."""
+    torch._dynamo.reset()
+    model = policy.model
     inputs = policy.fixed_shape_inputs(policy._prefix_inputs([OBSERVATIONS[0]])[0])
     noise = fixed_noise(policy, batch=1)
-    assert host_traffic_of_a_chunk(policy.model, inputs, noise, fixed_shapes=True) == []
-    # the eager form asks whether the prefix has padding: the check above can see that
-    assert host_traffic_of_a_chunk(policy.model, inputs, noise, fixed_shapes=False) != []
+    step_fn = torch.compile(model.denoise_step, fullgraph=True, dynamic=False)
+    times = euler_time_tensor(3, "cpu")
+    with torch.no_grad():
+        prefix = model.encode_prefix(*inputs, fixed_shapes=True)
+        eager = euler_denoise(model.denoise_step, prefix, noise, times)
+        compiled = euler_denoise(step_fn, prefix, noise, times)
+    assert torch.allclose(compiled, eager, atol=1e-4, rtol=0), (compiled - eager).abs().max()
 
 
 @pytest.mark.parametrize("variant", ["pi0-tiny", "pi05-tiny"])

@@ -120,7 +120,7 @@ class ActionExpert(abc.ABC):
     def compute_loss(self, batch: dict[str, Tensor]) -> Tensor:
         """Scalar training loss of a collated batch (the family's processor builds batches)."""
 
-    def set_execution(self, compile: bool = False, cuda_graphs: bool = False) -> None:
+    def set_execution(self, compile: bool | str = False, cuda_graphs: bool = False) -> None:
         """Fixed-shape execution: the chunk compiled (``torch.compile``) and/or replayed as CUDA graphs.
 
         Families that have such a path override this; the default runs eager only and refuses the request.

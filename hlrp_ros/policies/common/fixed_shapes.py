@@ -86,11 +86,12 @@ class FixedShapeSampler:
             returns a dataclass prefix with ``batch_size`` and ``fixed_generation`` fields, ``denoise_step(prefix,
             x_t, t)`` a velocity.
         pad_inputs: The family's padding of its prefix inputs to fixed shapes.
-        compile: Compile the prefix pass and the denoising step (``torch.compile(fullgraph=True, dynamic=False)``).
+        compile: Compile the prefix pass and the denoising step (``torch.compile(fullgraph=True, dynamic=False)``):
+            True for inductor, or the name of another ``torch.compile`` backend.
         cuda_graphs: Record the prefix pass and each step count's denoising loop as CUDA graphs (a CUDA model).
     """
 
-    def __init__(self, model: nn.Module, pad_inputs: Callable[[list], list], compile: bool = False,
+    def __init__(self, model: nn.Module, pad_inputs: Callable[[list], list], compile: bool | str = False,
                  cuda_graphs: bool = False) -> None:
         device = next(model.parameters()).device
         if cuda_graphs and device.type != "cuda":
@@ -102,8 +103,9 @@ class FixedShapeSampler:
         self._prefix_fn: Callable[..., Any] = model.encode_prefix
         self._step_fn: Callable[..., Tensor] = model.denoise_step
         if compile:
-            self._prefix_fn = torch.compile(self._prefix_fn, fullgraph=True, dynamic=False)
-            self._step_fn = torch.compile(self._step_fn, fullgraph=True, dynamic=False)
+            backend = "inductor" if compile is True else compile
+            self._prefix_fn = torch.compile(self._prefix_fn, fullgraph=True, dynamic=False, backend=backend)
+            self._step_fn = torch.compile(self._step_fn, fullgraph=True, dynamic=False, backend=backend)
         self._layout: tuple | None = None  # input shapes the graphs were recorded for
         self._static_inputs: list | None = None
         self._prefix_graph: torch.cuda.CUDAGraph | None = None
@@ -188,8 +190,9 @@ class FixedShapeExecution:
         """The family's prefix inputs padded to fixed shapes."""
         raise NotImplementedError
 
-    def set_execution(self, compile: bool = False, cuda_graphs: bool = False) -> None:
-        """Fixed-shape execution: compiled and/or replayed as CUDA graphs; both False: eager.
+    def set_execution(self, compile: bool | str = False, cuda_graphs: bool = False) -> None:
+        """Fixed-shape execution: compiled (True: inductor; or a ``torch.compile`` backend's name) and/or replayed
+        as CUDA graphs; both False: eager.
 
         The first chunk after this (and after a new layout or step count) compiles or records, so it is slow;
         the actions equal the eager ones within float tolerance.
