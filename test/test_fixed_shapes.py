@@ -121,6 +121,40 @@ def test_inductor_compiles_the_denoising_step_to_the_eager_velocity(policy, torc
     assert torch.allclose(compiled, eager, atol=1e-4, rtol=0), (compiled - eager).abs().max()
 
 
+class HostTraffic(TorchDispatchMode):
+    """Counts the operations that would stall or break a CUDA-graph recording: reading a device value on the
+    host (``.item()``, ``bool(t)``) and making a tensor from host data (``torch.tensor(...)``)."""
+
+    HOST_OPS = ("aten._local_scalar_dense", "aten.lift_fresh")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func).startswith(self.HOST_OPS):
+            self.seen.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def host_traffic_of_a_chunk(model, inputs, noise, fixed_shapes: bool) -> list[str]:
+    times = euler_time_tensor(3, "cpu")
+    with torch.no_grad():
+        euler_denoise(model.denoise_step, model.encode_prefix(*inputs, fixed_shapes=True), noise, times)  # warm
+        with HostTraffic() as traffic:
+            prefix = model.encode_prefix(*inputs, fixed_shapes=fixed_shapes)
+            euler_denoise(model.denoise_step, prefix, noise, times)
+    return traffic.seen
+
+
+def test_a_fixed_shape_chunk_never_reads_the_device_on_the_host_nor_copies_host_data_in(policy):
+    inputs = policy.fixed_shape_inputs(policy._prefix_inputs([OBSERVATIONS[0]])[0])
+    noise = fixed_noise(policy, batch=1)
+    assert host_traffic_of_a_chunk(policy.model, inputs, noise, fixed_shapes=True) == []
+    # the eager form asks whether the prefix has padding: the check above can see that
+    assert host_traffic_of_a_chunk(policy.model, inputs, noise, fixed_shapes=False) != []
+
+
 @pytest.mark.parametrize("variant", ["pi0-tiny", "pi05-tiny"])
 def test_the_pi_family_runs_the_same_fixed_shape_path(variant, torch_single_thread):  # noqa: F811
     torch.manual_seed(0)
