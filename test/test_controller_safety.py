@@ -263,6 +263,40 @@ def test_the_watchdog_trips_while_waiting_for_a_measured_state_and_nothing_is_pu
     assert capfd.readouterr().err.count("before any command, stopped publishing") == 1
 
 
+def test_a_robot_moved_while_running_starts_the_next_chunk_from_where_it_is(make_controller, clock, capfd):
+    node = make_controller(resync_threshold=[0.1, 0.0])  # the second joint never resyncs
+    measure(node, clock, (0.0, 0.0))
+    send(node, clock, chunk_id=1, value=(0.0, 0.0))
+    for _ in range(5):
+        tick(node, clock)
+    measure(node, clock, (0.8, 0.5))  # teleported (a simulator reset that kept its clock), or pushed by hand
+    send(node, clock, chunk_id=2, value=(0.9, 0.0))
+    tick(node, clock)
+    tick(node, clock)
+    first, second = node.commands[-2][1], node.commands[-1][1]
+    # joint 0 starts at the measured 0.8 and moves towards 0.9 at 1.0/s; joint 1 stays on its command
+    assert first[0] == pytest.approx(0.8, abs=1e-6) and first[1] == pytest.approx(0.0, abs=1e-9), first
+    assert second[0] == pytest.approx(0.82, abs=1e-6), second
+    assert "resync" in capfd.readouterr().err and node.resyncs == 1
+
+
+def test_without_resync_the_next_chunk_ramps_from_the_last_command(make_controller, clock):
+    node = make_controller()  # resync_threshold 0: off
+    measure(node, clock, (0.0, 0.0))
+    send(node, clock, chunk_id=1, value=(0.0, 0.0))
+    for _ in range(5):
+        tick(node, clock)
+    measure(node, clock, (0.8, 0.5))
+    send(node, clock, chunk_id=2, value=(0.9, 0.0))
+    tick(node, clock)
+    assert node.commands[-1][1][0] == pytest.approx(0.02, abs=1e-6) and node.resyncs == 0
+
+
+def test_a_resync_threshold_per_joint_must_match_the_joints(make_controller):
+    node = make_controller(resync_threshold=[0.1, 0.1, 0.1])
+    assert node.config_error is not None and node.config_error.name == "resync_threshold"
+
+
 def test_a_clock_jumping_back_drops_pending_chunks_and_holds(make_controller, clock, capfd):
     node = make_controller()
     measure(node, clock)

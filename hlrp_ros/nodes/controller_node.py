@@ -84,6 +84,11 @@ PARAMS = (
               fixed_because=LIMITS_FIXED),
     ParamSpec("velocity_limits", [], "Largest speed per joint, unit/s (empty: unlimited).", item_type=float,
               fixed_because=LIMITS_FIXED),
+    ParamSpec("resync_threshold", [0.0], "When a chunk starts and the measured state is further than this from the "
+              "last command on a joint (the robot was moved, or a simulator reset it without resetting its clock), "
+              "that joint is commanded from the measured state instead of ramping back from the old command; one "
+              "value for every joint or one per joint (position unit; 0 never, e.g. for a joint whose state is not "
+              "its command's quantity)."),
     ParamSpec("seam_threshold", 0.2, "Largest per-joint jump accepted at a chunk seam; larger ones are ramped "
               "(position unit; 0 disables the guard).", minimum=0.0),
     ParamSpec("seam_ramp_scale", 0.5, "Seam ramp speed as a fraction of velocity_limits.", minimum=0.01, maximum=1.0),
@@ -160,6 +165,9 @@ class ControllerNode(LifecycleNode):
         except ValueError as exc:
             name = str(exc).split(" ")[0]
             raise ParameterError(name if name in self.params else "position_limits_lower", str(exc)) from exc
+        resync = [float(v) for v in p["resync_threshold"]]
+        if len(resync) not in (1, len(names)) or any(not np.isfinite(v) or v < 0 for v in resync):
+            raise ParameterError("resync_threshold", f"one value >= 0, or one per joint ({len(names)}); got {resync}")
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
@@ -176,6 +184,9 @@ class ControllerNode(LifecycleNode):
                                    max_step_time=2.0 * self.period)
         self.watchdog = Watchdog(p["watchdog_timeout"])
         self.watchdog_tripped = False
+        self.resync_thresholds = np.broadcast_to(np.asarray(p["resync_threshold"], dtype=np.float64),
+                                                 (len(self.joint_names),)).copy()
+        self.resyncs = 0
         if not self._live_updates:
             self._live_updates = True
             accept_live_updates(self, PARAMS, self.params, apply=self._apply_live)
@@ -394,6 +405,8 @@ class ControllerNode(LifecycleNode):
         starting = self.tracker.state in (OutputState.WAITING, OutputState.STOPPED)
         if starting and not self._start_from_measured(now):
             return
+        if target.switched and not starting:
+            self._resync_to_measured(now)
         result = self.safety.filter(target.positions, now, new_chunk=target.switched or starting)
         if result.seam_jump is not None:
             joint, jump = result.seam_jump
@@ -431,6 +444,29 @@ class ControllerNode(LifecycleNode):
             self.get_logger().warning(f"not commanding: waiting for a measured joint state ({why}); commanding "
                                       f"starts from it within the limits")
         return False
+
+    def _resync_to_measured(self, now: float) -> None:
+        """Joints the robot is far from its last command on start the new chunk from the measured state.
+
+        Without this, a robot moved while the controller ran (by hand, by a collision, by a simulator reset that
+        keeps its clock running) would be ramped back to where it was before the new chunk's actions apply.
+        """
+        thresholds = self.resync_thresholds
+        p = self.params
+        if not np.any(thresholds > 0) or self.measured is None or self.safety.last is None \
+                or now - self.measured[1] > p["max_joint_state_age"]:
+            return
+        gap = np.abs(self.measured[0] - self.safety.last)
+        moved = (thresholds > 0) & (gap > thresholds)
+        if not moved.any():
+            return
+        last = self.safety.last.copy()
+        last[moved] = self.measured[0][moved]
+        self.safety.reset(last, now)
+        self.resyncs += 1
+        names = ", ".join(f"'{self.joint_names[j]}' {gap[j]:.3f}" for j in np.flatnonzero(moved))
+        self.get_logger().warning(f"resync: the measured state is far from the last command ({names}; "
+                                  f"resync_threshold): chunk starts from the measured state on those joints")
 
     def _clock_jumped_back(self, jump: float) -> None:
         """A simulator reset (or a stepped clock): nothing planned on the old timeline may execute."""
@@ -552,7 +588,7 @@ class ControllerNode(LifecycleNode):
             "chunks_accepted": self.accepted, "chunks_rejected": self.reject.total,
             "joint_states_dropped": self.dropped_inputs.total,
             "commands_published": self.published, "seam_ramping": self.safety.ramping,
-            "seam_guard_activations": self.safety.seam_activations,
+            "seam_guard_activations": self.safety.seam_activations, "resyncs": self.resyncs,
             **self._timing_values(),
             **self.qos_mismatches.diagnostics(),
         }
