@@ -263,33 +263,43 @@ def test_the_watchdog_trips_while_waiting_for_a_measured_state_and_nothing_is_pu
     assert capfd.readouterr().err.count("before any command, stopped publishing") == 1
 
 
-def test_a_robot_moved_while_running_starts_the_next_chunk_from_where_it_is(make_controller, clock, capfd):
+def test_a_robot_moved_while_running_is_commanded_from_where_it_is(make_controller, clock, capfd):
     node = make_controller(resync_threshold=[0.1, 0.0])  # the second joint never resyncs
     measure(node, clock, (0.0, 0.0))
-    send(node, clock, chunk_id=1, value=(0.0, 0.0))
+    send(node, clock, chunk_id=1, value=(0.9, 0.0))
     for _ in range(5):
         tick(node, clock)
+    assert node.commands[-1][1][0] == pytest.approx(0.08, abs=1e-6)  # 1.0/s from 0: four 20 ms steps
     measure(node, clock, (0.8, 0.5))  # teleported (a simulator reset that kept its clock), or pushed by hand
-    send(node, clock, chunk_id=2, value=(0.9, 0.0))
     tick(node, clock)
     tick(node, clock)
     first, second = node.commands[-2][1], node.commands[-1][1]
-    # joint 0 starts at the measured 0.8 and moves towards 0.9 at 1.0/s; joint 1 stays on its command
+    # joint 0 continues from the measured 0.8 towards 0.9 at 1.0/s; joint 1 stays on its command
     assert first[0] == pytest.approx(0.8, abs=1e-6) and first[1] == pytest.approx(0.0, abs=1e-9), first
     assert second[0] == pytest.approx(0.82, abs=1e-6), second
     assert "resync" in capfd.readouterr().err and node.resyncs == 1
 
 
-def test_without_resync_the_next_chunk_ramps_from_the_last_command(make_controller, clock):
+def test_a_steady_gap_between_command_and_measurement_is_no_resync(make_controller, clock):
+    """A hand pressing on an object lags its command for good: that is no move, the command stays."""
+    node = make_controller(resync_threshold=[0.1, 0.1])
+    measure(node, clock, (0.0, 0.0))
+    send(node, clock, chunk_id=1, value=(0.9, 0.0))
+    for step in range(20):  # within the 0.5 s watchdog
+        measure(node, clock, (min(0.05, 0.01 * step), 0.0))  # stuck at 0.05 while the command moves on
+        tick(node, clock)
+    assert node.commands[-1][1][0] == pytest.approx(0.38, abs=1e-6) and node.resyncs == 0
+
+
+def test_without_resync_a_moved_robot_is_ramped_from_the_last_command(make_controller, clock):
     node = make_controller()  # resync_threshold 0: off
     measure(node, clock, (0.0, 0.0))
-    send(node, clock, chunk_id=1, value=(0.0, 0.0))
+    send(node, clock, chunk_id=1, value=(0.9, 0.0))
     for _ in range(5):
         tick(node, clock)
     measure(node, clock, (0.8, 0.5))
-    send(node, clock, chunk_id=2, value=(0.9, 0.0))
     tick(node, clock)
-    assert node.commands[-1][1][0] == pytest.approx(0.02, abs=1e-6) and node.resyncs == 0
+    assert node.commands[-1][1][0] == pytest.approx(0.10, abs=1e-6) and node.resyncs == 0
 
 
 def test_a_resync_threshold_per_joint_must_match_the_joints(make_controller):

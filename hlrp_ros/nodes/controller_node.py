@@ -84,11 +84,11 @@ PARAMS = (
               fixed_because=LIMITS_FIXED),
     ParamSpec("velocity_limits", [], "Largest speed per joint, unit/s (empty: unlimited).", item_type=float,
               fixed_because=LIMITS_FIXED),
-    ParamSpec("resync_threshold", [0.0], "When a chunk starts and the measured state is further than this from the "
-              "last command on a joint (the robot was moved, or a simulator reset it without resetting its clock), "
-              "that joint is commanded from the measured state instead of ramping back from the old command; one "
-              "value for every joint or one per joint (position unit; 0 never, e.g. for a joint whose state is not "
-              "its command's quantity)."),
+    ParamSpec("resync_threshold", [0.0], "When the measured state jumps by more than this between two joint states "
+              "(the robot was moved, or a simulator reset it with its clock running), the next command starts "
+              "from the measured position on that joint instead of ramping back from the old command; one value "
+              "for every joint or one per joint (position unit, above the distance a joint moves between two "
+              "measurements; 0 never, e.g. for a joint whose state is not its command's quantity)."),
     ParamSpec("seam_threshold", 0.2, "Largest per-joint jump accepted at a chunk seam; larger ones are ramped "
               "(position unit; 0 disables the guard).", minimum=0.0),
     ParamSpec("seam_ramp_scale", 0.5, "Seam ramp speed as a fraction of velocity_limits.", minimum=0.01, maximum=1.0),
@@ -187,6 +187,7 @@ class ControllerNode(LifecycleNode):
         self.resync_thresholds = np.broadcast_to(np.asarray(p["resync_threshold"], dtype=np.float64),
                                                  (len(self.joint_names),)).copy()
         self.resyncs = 0
+        self._moved = np.zeros(len(self.joint_names), dtype=bool)  # joints whose measured state jumped
         if not self._live_updates:
             self._live_updates = True
             accept_live_updates(self, PARAMS, self.params, apply=self._apply_live)
@@ -308,7 +309,11 @@ class ControllerNode(LifecycleNode):
                                                     f"stamped {(self.measured[2] - stamp) * 1e-9:.3f} s before the "
                                                     f"one already kept (out of order)")
             return
-        self.measured = (self.limits.clamp(positions), now, stamp)
+        positions = self.limits.clamp(positions)
+        if self.measured is not None:  # a jump between two measurements: the robot was moved, not driven
+            jumped = (self.resync_thresholds > 0) & (np.abs(positions - self.measured[0]) > self.resync_thresholds)
+            self._moved = self._moved | jumped
+        self.measured = (positions, now, stamp)
 
     def _on_chunk_message(self, msg, info) -> None:
         """Subscription callback: the publishing node must be one of ``chunk_publishers`` (when set)."""
@@ -405,7 +410,7 @@ class ControllerNode(LifecycleNode):
         starting = self.tracker.state in (OutputState.WAITING, OutputState.STOPPED)
         if starting and not self._start_from_measured(now):
             return
-        if target.switched and not starting:
+        if self._moved.any() and not starting:
             self._resync_to_measured(now)
         result = self.safety.filter(target.positions, now, new_chunk=target.switched or starting)
         if result.seam_jump is not None:
@@ -446,27 +451,23 @@ class ControllerNode(LifecycleNode):
         return False
 
     def _resync_to_measured(self, now: float) -> None:
-        """Joints the robot is far from its last command on start the new chunk from the measured state.
+        """Joints whose measured state jumped continue from the measured position, not from the last command.
 
-        Without this, a robot moved while the controller ran (by hand, by a collision, by a simulator reset that
-        keeps its clock running) would be ramped back to where it was before the new chunk's actions apply.
+        Without this, a robot moved while the controller ran (by hand, by a simulator reset that keeps its clock
+        running) would be ramped back to where it was. A steady gap between command and measurement (a hand
+        pressing on an object, tracking lag) is no jump and keeps the command as it is.
         """
-        thresholds = self.resync_thresholds
-        p = self.params
-        if not np.any(thresholds > 0) or self.measured is None or self.safety.last is None \
-                or now - self.measured[1] > p["max_joint_state_age"]:
+        moved, self._moved = self._moved, np.zeros_like(self._moved)
+        if self.measured is None or self.safety.last is None:
             return
         gap = np.abs(self.measured[0] - self.safety.last)
-        moved = (thresholds > 0) & (gap > thresholds)
-        if not moved.any():
-            return
         last = self.safety.last.copy()
         last[moved] = self.measured[0][moved]
         self.safety.reset(last, now)
         self.resyncs += 1
         names = ", ".join(f"'{self.joint_names[j]}' {gap[j]:.3f}" for j in np.flatnonzero(moved))
-        self.get_logger().warning(f"resync: the measured state is far from the last command ({names}; "
-                                  f"resync_threshold): chunk starts from the measured state on those joints")
+        self.get_logger().warning(f"resync: the measured state jumped (distance from the last command: {names}; "
+                                  f"resync_threshold): commanding from the measured state on those joints")
 
     def _clock_jumped_back(self, jump: float) -> None:
         """A simulator reset (or a stepped clock): nothing planned on the old timeline may execute."""
