@@ -434,6 +434,7 @@ class ControllerNode(LifecycleNode):
         p = self.params
         if self.measured is not None and now - self.measured[1] <= p["max_joint_state_age"]:
             self.safety.reset(self.measured[0], now)
+            self._moved[:] = False  # every joint starts from the measured state: no jump left to act on
             self._waiting_logged = False
             return True
         if not p["require_joint_state"]:
