@@ -12,12 +12,14 @@ workers, alternating which goes first. Every worker times its own work, split in
   ``conditional_sample``; ours: ``sample_chunk`` without the un-normalisation);
 * ``chunk``: everything, raw inputs -> un-normalised actions (LeRobot adds its postprocessor).
 
-Both get the same generator seed for DDPM's per-step noise; the driver checks the actions agree.
+Both get the same generator seed for DDPM's per-step noise; the driver checks the actions agree. With
+``--compile`` a third worker runs ours compiled (``set_execution(compile=True)``: inductor with frozen
+weights; the warm-up request compiles, so the timed ones do not include it).
 
 Usage (repository root, project venv; needs the LeRobot venv for the other worker)::
 
     .venv/bin/python benchmarks/bench_diffusion.py [--lerobot-python /work/lerobot061/bin/python]
-        [--size default|tiny] [--scheduler DDPM|DDIM] [--steps N] [--requests 5] [--threads 2]
+        [--size default|tiny] [--scheduler DDPM|DDIM] [--steps N] [--requests 5] [--threads 2] [--compile]
 
 ``default`` is LeRobot's default DiffusionConfig (ResNet-18, no crop, down_dims 512/1024/2048, horizon 64,
 n_obs_steps 2) on one 96x96 camera and a 2-D state/action (PushT's shapes); DDPM runs 100 steps, DDIM 10
@@ -61,7 +63,7 @@ def _fixture_module():
 # Workers: read "<request.safetensors> <reply.safetensors>" lines, answer "<chunk> <encoder> <loop>" lines.
 # ------------------------------------------------------------------------------------------------------
 def worker(kind: str, ckpt: Path, threads: int, steps: int) -> None:
-    """Serves timed chunk requests with LeRobot ("lerobot") or our loader ("hlrp")."""
+    """Serves timed chunk requests with LeRobot ("lerobot") or our loader ("hlrp", "hlrp-compiled")."""
     from hlrp_ros.allocator import keep_freed_memory, request_huge_pages
 
     request_huge_pages()  # before torch is imported
@@ -100,6 +102,8 @@ def worker(kind: str, ckpt: Path, threads: int, steps: int) -> None:
         from hlrp_ros.policies.factory import load_policy
 
         policy = load_policy(ckpt)
+        if kind == "hlrp-compiled":
+            policy.set_execution(compile=True)
         cameras = policy.config.camera_names
 
         def run(req: dict) -> tuple[torch.Tensor, float, float, float]:
@@ -178,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=0, help="denoising steps (0: 100 for DDPM, 10 for DDIM)")
     parser.add_argument("--requests", type=int, default=5, help="timed requests per worker (after 1 warm-up)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads in each worker")
-    parser.add_argument("--worker", choices=["lerobot", "hlrp"], help=argparse.SUPPRESS)
+    parser.add_argument("--compile", action="store_true", help="also time ours compiled (a third worker)")
+    parser.add_argument("--worker", choices=["lerobot", "hlrp", "hlrp-compiled"], help=argparse.SUPPRESS)
     parser.add_argument("--ckpt", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     steps = args.steps or (100 if args.scheduler == "DDPM" else 10)
@@ -190,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from safetensors.torch import load_file, save_file
 
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         ckpt = make_checkpoint(args.lerobot_python, root, args.size, args.scheduler)
@@ -197,10 +203,13 @@ def main(argv: list[str] | None = None) -> int:
         n_params = sum(t.numel() for t in load_file(str(ckpt / "model.safetensors")).values())
         workers = [Worker(args.lerobot_python, "lerobot", ckpt, args.threads, steps),
                    Worker(sys.executable, "hlrp", ckpt, args.threads, steps)]
+        if args.compile:
+            workers.append(Worker(sys.executable, "hlrp-compiled", ckpt, args.threads, steps))
+        kinds = [wk.kind for wk in workers]
         size = SIZES[args.size]
         rng = np.random.default_rng(0)
-        times: dict[str, list[tuple[float, float, float]]] = {"lerobot": [], "hlrp": []}
-        worst = 0.0
+        times: dict[str, list[tuple[float, float, float]]] = {kind: [] for kind in kinds}
+        worst = {kind: 0.0 for kind in kinds[1:]}
         try:
             for i in range(args.requests + 1):
                 h, w = size["image_hw"]
@@ -212,29 +221,33 @@ def main(argv: list[str] | None = None) -> int:
                 req["seed"] = torch.tensor(1000 + i)
                 save_file(req, str(root / "req.safetensors"))
                 out = {}
-                for wk in (workers if i % 2 == 0 else workers[::-1]):
+                for wk in workers[i % len(workers):] + workers[:i % len(workers)]:  # each goes first in turn
                     timing = wk.request(root / "req.safetensors", root / f"{wk.kind}.safetensors")
                     out[wk.kind] = load_file(str(root / f"{wk.kind}.safetensors"))["actions"]
                     if i >= 1:
                         times[wk.kind].append(timing)
-                worst = max(worst, (out["hlrp"] - out["lerobot"]).abs().max().item())
+                for kind in kinds[1:]:
+                    worst[kind] = max(worst[kind], (out[kind] - out["lerobot"]).abs().max().item())
         finally:
             for wk in workers:
                 wk.close()
     print(f"checkpoint: {args.size} LeRobot diffusion, {n_params / 1e6:.1f}M parameters, {args.scheduler} "
           f"{steps} steps, horizon {cfg['horizon']}, n_obs_steps {cfg['n_obs_steps']}, down_dims {cfg['down_dims']}, "
           f"{len(size['cameras'])} camera(s) {size['image_hw'][0]}x{size['image_hw'][1]}, crop {cfg['crop_shape']}")
-    print(f"machine: {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.2f}; torch threads per worker: "
+    print(f"machine: {os.cpu_count()} CPU cores, load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after; "
+          f"torch threads per worker: "
           f"{args.threads}; {args.requests} interleaved requests per worker after 1 warm-up")
+    labels = {"lerobot": "LeRobot 0.6.1", "hlrp": "hlrp_ros (ours)", "hlrp-compiled": "ours, compiled"}
     med = {}
-    for kind, label in (("lerobot", "LeRobot 0.6.1"), ("hlrp", "hlrp_ros (ours)")):
+    for kind in kinds:
         chunk, enc, loop = (statistics.median(v[j] for v in times[kind]) for j in range(3))
         med[kind] = (chunk, enc, loop / steps)
-        print(f"  {label:<16} chunk {chunk * 1e3:9.1f} ms   encoder {enc * 1e3:7.2f} ms   "
+        print(f"  {labels[kind]:<16} chunk {chunk * 1e3:9.1f} ms   encoder {enc * 1e3:7.2f} ms   "
               f"per step {loop / steps * 1e3:7.2f} ms   (medians; chunk min {min(v[0] for v in times[kind]) * 1e3:.1f})")
-    ratios = [med["hlrp"][j] / med["lerobot"][j] for j in range(3)]
-    print(f"  ratio ours / LeRobot: chunk {ratios[0]:.3f}, encoder {ratios[1]:.3f}, per step {ratios[2]:.3f}")
-    print(f"  max abs action difference over all requests: {worst:.3g}")
+    for kind in kinds[1:]:
+        ratios = [med[kind][j] / med["lerobot"][j] for j in range(3)]
+        print(f"  ratio {labels[kind]} / LeRobot: chunk {ratios[0]:.3f}, encoder {ratios[1]:.3f}, "
+              f"per step {ratios[2]:.3f}; max abs action difference over all requests {worst[kind]:.3g}")
     return 0
 
 

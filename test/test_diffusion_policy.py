@@ -279,6 +279,53 @@ def test_text_film_makes_the_image_keypoints_depend_on_the_instruction():
         DiffusionConfig(**TINY, text_film_vision=True)
 
 
+# --- compiled inference ----------------------------------------------------------------------------------
+def test_a_compiled_policy_samples_the_eager_chunks_and_new_instructions_do_not_recompile():
+    """``set_execution(compile=...)`` runs the image encoder and the UNet step through torch.compile (aot_eager:
+    the graphs inductor is given, without generating kernels); the instruction's encoder stays eager, so
+    instructions of other token lengths reuse the compiled graphs; the module tree (state dict) is unchanged."""
+    from torch._dynamo.utils import counters
+
+    eager, compiled = make_policy(**LANG, text_film_vision=True), make_policy(**LANG, text_film_vision=True)
+    compiled.set_execution(compile="aot_eager")
+    assert compiled.state_dict().keys() == eager.state_dict().keys()
+    before, graphs = counters["stats"]["unique_graphs"], []
+    for seed, instruction in ((0, "push the red cube"), (1, "go"), (2, "put the blue block on the green one please")):
+        obs, noise = observation(seed, instruction=instruction), torch.randn(8, 2, generator=torch.Generator().manual_seed(seed))
+        got, expected = compiled.predict_action_chunk(obs, noise=noise), eager.predict_action_chunk(obs, noise=noise)
+        assert torch.allclose(got, expected, atol=1e-5, rtol=0), (got - expected).abs().max()
+        graphs.append(counters["stats"]["unique_graphs"] - before)
+    assert graphs == [2, 2, 2]  # the encoder and the UNet step compiled once each, then reused
+    compiled.set_execution()  # back to eager
+    assert torch.equal(compiled.predict_action_chunk(obs, noise=noise), expected)
+
+
+def test_inductor_with_frozen_weights_gives_the_eager_actions_and_follows_loaded_weights(tmp_path):
+    """Inductor folds the weights into its code (freezing): the chunk still equals the eager one, and weights
+    loaded afterwards are the ones used (loading compiles again)."""
+    small = dict(backbone_stages=1, camera_names=["top", "wrist"])  # a short trunk compiles quickly
+    policy = make_policy(**small)
+    obs, noise = observation(4), torch.randn(8, 2, generator=torch.Generator().manual_seed(4))
+    expected = policy.predict_action_chunk(obs, noise=noise)
+    policy.set_execution(compile=True)
+    got = policy.predict_action_chunk(obs, noise=noise)
+    assert torch.allclose(got, expected, atol=1e-4, rtol=0), (got - expected).abs().max()
+    other = make_policy(**small)
+    with torch.no_grad():
+        for p in other.diffusion.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    other.save_pretrained(tmp_path / "other")
+    policy.load_weights(tmp_path / "other" / md.WEIGHTS_NAME)
+    got, expected = policy.predict_action_chunk(obs, noise=noise), other.predict_action_chunk(obs, noise=noise)
+    assert torch.allclose(got, expected, atol=1e-4, rtol=0), (got - expected).abs().max()
+
+
+def test_cuda_graphs_are_refused_by_name(policy):
+    policy.set_execution()  # eager: always fine
+    with pytest.raises(NotImplementedError, match="DiffusionPolicy has no CUDA-graph path"):
+        policy.set_execution(cuda_graphs=True)
+
+
 def test_tokenizer_truncates_and_reports(lang_policy, policy):
     tok = lang_policy.processor.tokenize("push the red cube to the left of the blue ball then stop")
     assert tok.truncated and tok.ids.shape == (1, 8) and tok.num_tokens > 8

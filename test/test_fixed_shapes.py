@@ -199,14 +199,3 @@ def test_cuda_graph_replay_gives_the_eager_actions_and_refuses_a_stale_prefix():
     with pytest.raises(ValueError, match="overwritten"):
         policy.sample_chunk(first, num_steps=4)
 
-
-def test_families_without_a_fixed_shape_path_say_so():
-    from hlrp_ros.policies.diffusion.configuration_diffusion import DiffusionConfig
-    from hlrp_ros.policies.diffusion.modeling_diffusion import DiffusionPolicy
-
-    policy = DiffusionPolicy(DiffusionConfig(state_dim=2, action_dim=2, camera_names=["top"], image_size=(64, 64),
-                                             crop_shape=(60, 60), down_dims=(16, 32), n_groups=4,
-                                             diffusion_step_embed_dim=16, spatial_softmax_num_keypoints=4))
-    policy.set_execution()  # eager: always fine
-    with pytest.raises(NotImplementedError, match="DiffusionPolicy has no fixed-shape"):
-        policy.set_execution(cuda_graphs=True)

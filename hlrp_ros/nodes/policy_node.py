@@ -65,9 +65,10 @@ PARAMS = (
     ParamSpec("device", "cpu", "Torch device: cpu, cuda, cuda:N."),
     ParamSpec("dtype", "float32", "Model dtype (bfloat16: 2.5-3x faster on CPUs with AMX, actions within ~1 % "
               "of float32; docs/cpu_speed.md).", choices=("float32", "bfloat16")),
-    ParamSpec("compile", False, "Compile the chunk with torch.compile at fixed shapes (flow-matching families): "
-              "a warm-up chunk at start compiles it (minutes for a base model); same actions within float "
-              "tolerance."),
+    ParamSpec("compile", False, "Compile the chunk with torch.compile: the flow-matching families at fixed "
+              "shapes; diffusion's image encoder and UNet step with frozen weights (inductor; faster on a CPU). A "
+              "warm-up chunk at start compiles it (tens of seconds; minutes for a base model); same actions "
+              "within float tolerance."),
     ParamSpec("cuda_graphs", False, "Record the chunk as CUDA graphs and replay it for every chunk (device cuda, "
               "flow-matching families): removes the per-kernel launch cost that dominates on a GPU at batch 1; a "
               "warm-up chunk at start records it."),
@@ -292,6 +293,8 @@ class PolicyNode(Node):
             raise ParameterError(name, str(exc)) from exc
         blank = Observation(images={c: np.zeros((*cfg.image_size, 3), dtype=np.uint8) for c in cfg.camera_names},
                             state=np.zeros(cfg.state_dim, dtype=np.float32), instruction="warm up")
+        # a policy conditioning on several observations gets its history (the same blank, one period earlier)
+        blank.history = [dataclasses.replace(blank)] * (history_length(cfg) - 1) or None
         start = time.monotonic()
         self.policy.predict_action_chunk(blank, num_steps=self.num_steps)
         what = " and ".join(w for w, on in (("compiled", p["compile"]), ("recorded as CUDA graphs", p["cuda_graphs"]))
