@@ -35,3 +35,23 @@ def test_shipped_policy_closes_a_held_out_drawer_in_lockstep():
         # Every step had the controller's command of its instant: nothing was stepped on a timeout.
         assert outcome["lockstep"]["command_timeouts"] == 0, outcome
     assert sum(o["success"] for o in episodes) >= MIN_SUCCESSES, (episodes, lines)
+
+
+def test_the_in_process_check_runs_the_same_episodes_without_ros():
+    """``evaluate --world metaworld --backend inprocess``: the evaluation's seeds and sentences, the policy in
+    this process re-planning every 8 steps (the graph's chunk period); the shipped policy closes the drawer."""
+    from hlrp_ros.tools.closed_loop import default_checkpoint
+    from hlrp_ros.tools.metaworld_eval import plan_episode, run_inprocess
+
+    lines: list[str] = []
+    results = run_inprocess(default_checkpoint("metaworld"), ["train", "wrong"], ["drawer-close-v3"],
+                            episodes=MIN_EPISODES, seed=0, log=lines.append)
+    for condition, episodes in results.items():
+        assert [o["seed"] for o in episodes] == [plan_episode(condition, "drawer-close-v3", i, 0)["seed"]
+                                                 for i in range(MIN_EPISODES)]
+        for outcome in episodes:
+            assert 0 < outcome["steps"] <= 500
+            assert outcome["success"] == (outcome["success_step"] == outcome["steps"])
+    assert [o["instruction"] for o in results["train"]] == ["push and close a drawer"] * MIN_EPISODES
+    assert all(o["instructed_task"] == "button-press-topdown-v3" for o in results["wrong"])
+    assert sum(o["success"] for o in results["train"]) >= MIN_SUCCESSES, (results, lines)

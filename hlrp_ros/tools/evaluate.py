@@ -5,6 +5,7 @@
     python -m hlrp_ros.tools.evaluate --backend inprocess --episodes 20   # fast check without ROS
     python -m hlrp_ros.tools.evaluate --world metaworld --episodes 20 --strip artifacts/eval/mt10.png
                                       # Meta-World MT10 (hlrp_ros.tools.metaworld_eval, docs/metaworld.md)
+    python -m hlrp_ros.tools.evaluate --world metaworld --backend inprocess --episodes 10  # the same without ROS
 
 Conditions (each ``--episodes`` episodes, random layouts from ``--seed``):
   train    an instruction from the training templates for a random colour.
@@ -160,7 +161,8 @@ def write_json(args: argparse.Namespace, summary: list[dict], results: dict) -> 
 
 
 def evaluate_metaworld(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """``--world metaworld``: MT10 over ROS 2 (hlrp_ros.tools.metaworld_eval)."""
+    """``--world metaworld``: MT10 over ROS 2, or in this process with ``--backend inprocess``
+    (hlrp_ros.tools.metaworld_eval)."""
     from hlrp_ros.sim.metaworld_env import MT10_TASKS
     from hlrp_ros.tools import metaworld_eval
 
@@ -172,12 +174,16 @@ def evaluate_metaworld(args: argparse.Namespace, parser: argparse.ArgumentParser
         from hlrp_ros.tools.closed_loop import default_checkpoint
 
         args.checkpoint = default_checkpoint("metaworld")
-    if args.backend != "ros":
-        parser.error("--world metaworld runs over ROS 2 only")
-    results = metaworld_eval.run(args.checkpoint, conditions, tasks, args.episodes, args.seed - 1000,
-                                 args.time_mode, args.strip, args.ready_timeout)
+    if args.backend == "inprocess":
+        results = metaworld_eval.run_inprocess(args.checkpoint, conditions, tasks, args.episodes, args.seed - 1000,
+                                               dtype=args.dtype)
+        mode = "in process, no ROS"
+    else:
+        results = metaworld_eval.run(args.checkpoint, conditions, tasks, args.episodes, args.seed - 1000,
+                                     args.time_mode, args.strip, args.ready_timeout)
+        mode = args.time_mode
     summary = [metaworld_eval.summarise(c, results[c]) for c in conditions]
-    print(f"checkpoint: {args.checkpoint}  world: metaworld ({args.time_mode})  episodes per task: {args.episodes}")
+    print(f"checkpoint: {args.checkpoint}  world: metaworld ({mode})  episodes per task: {args.episodes}")
     metaworld_eval.print_table(summary)
     if args.json:
         write_json(args, summary, results)

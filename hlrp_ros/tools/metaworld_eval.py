@@ -226,6 +226,51 @@ def run(checkpoint: Path, conditions: list[str], tasks: list[str], episodes: int
     return results
 
 
+def run_inprocess(checkpoint: Path, conditions: list[str], tasks: list[str], episodes: int, seed: int,
+                  replan_steps: int = 8, dtype: str = "float32", log=print) -> dict[str, list[dict]]:
+    """The same episodes without ROS: the policy in this process, a chunk every ``replan_steps`` steps
+    (metaworld_sim's ``chunk_period``) of which those steps' commands are executed, as the lock-step graph
+    does. A quick check of a checkpoint, and the reference that tells a policy's failure from the graph's."""
+    import torch
+
+    from hlrp_ros.policies.base import Observation
+    from hlrp_ros.policies.factory import load_policy
+    from hlrp_ros.sim.metaworld_env import MetaWorldEnv
+
+    torch.set_num_threads(1)
+    policy = load_policy(checkpoint, dtype=dtype)
+    state_kind = "full" if policy_state_params(checkpoint) else "ee"
+    camera = policy.config.camera_names[0]
+    env = MetaWorldEnv()  # metaworld_sim's camera settings; the policy resizes as policy_node does
+    generator = torch.Generator().manual_seed(seed)
+    results: dict[str, list[dict]] = {}
+    try:
+        for condition in conditions:
+            results[condition] = []
+            t0 = time.monotonic()
+            for task in tasks:
+                for i in range(episodes):
+                    plan = plan_episode(condition, task, i, seed)
+                    env.reset(task, plan["seed"])
+                    while not env.success and not env.done:
+                        obs = Observation(images={camera: env.render()}, state=env.state_of(state_kind),
+                                          instruction=plan["instruction"])
+                        chunk = policy.predict_action_chunk(obs, generator=generator).numpy()
+                        for command in chunk[:replan_steps]:
+                            if env.step_target(command) or env.done:
+                                break
+                    results[condition].append({"task": task, "seed": plan["seed"], "instruction": plan["instruction"],
+                                               "instructed_task": plan["instructed_task"], "condition": condition,
+                                               "success": env.success, "success_step": env.success_step,
+                                               "steps": env.steps})
+                done = [o for o in results[condition] if o["task"] == task]
+                log(f"[{condition}] {task:24s} {sum(o['success'] for o in done)}/{len(done)}  "
+                    f"({time.monotonic() - t0:.0f} s)")
+    finally:
+        env.close()
+    return results
+
+
 def print_table(summary: list[dict], log=print) -> None:
     """Success per task (rows) and condition (columns), with the average."""
     header = "| task | " + " | ".join(s["condition"] for s in summary) + " |"
