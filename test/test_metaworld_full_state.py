@@ -126,14 +126,25 @@ def test_a_39_name_state_trains_and_the_checkpoint_keeps_the_state_names(full_ch
 
 
 @needs_gl
-def test_the_evaluation_wires_the_full_state_and_leaves_an_end_effector_policy_alone(full_checkpoint):
+def test_the_evaluation_wires_the_full_state_and_leaves_an_end_effector_policy_alone(full_checkpoint, tmp_path):
+    import shutil
+
     from hlrp_ros.tools.closed_loop import default_checkpoint
     from hlrp_ros.tools.metaworld_eval import FULL_STATE_TOPIC, policy_state_params
 
-    assert policy_state_params(full_checkpoint) == {"joint_states_topic": FULL_STATE_TOPIC,
-                                                    "state_joint_names": list(OBS_NAMES)}
+    wired = {"joint_states_topic": FULL_STATE_TOPIC, "state_joint_names": list(OBS_NAMES)}
+    assert policy_state_params(full_checkpoint) == wired
     assert FULL_STATE_TOPIC == "/metaworld_sim/full_state"
-    assert policy_state_params(default_checkpoint("metaworld")) == {}
+    # The shipped policy reads the full observation too.
+    assert policy_state_params(default_checkpoint("metaworld")) == wired
+    # A policy whose state is its action's joints (the end effector) reads /joint_states as it is.
+    end_effector = tmp_path / "end_effector"
+    shutil.copytree(full_checkpoint, end_effector)
+    info = json.loads((end_effector / "training.json").read_text())
+    (end_effector / "training.json").write_text(json.dumps({**info, "state_names": list(STATE_NAMES)}))
+    assert policy_state_params(end_effector) == {}
+    (end_effector / "training.json").unlink()
+    assert policy_state_params(end_effector) == {}
 
 
 @needs_gl
