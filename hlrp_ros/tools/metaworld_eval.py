@@ -197,24 +197,12 @@ def run(checkpoint: Path, conditions: list[str], tasks: list[str], episodes: int
     procs, restore = bring_up_metaworld(checkpoint, time_mode, log_dir)
     strip = FrameStrip() if strip_path is not None else None
     driver = MetaWorldDriver(strip)
-    results: dict[str, list[dict]] = {}
     try:
         if not driver.wait_ready(instruction_for(tasks[0]), ready_timeout):
             logs = "\n".join(p.node_name + ":\n" + p.output()[-2000:] for p in procs)
             raise RuntimeError(f"nodes not ready; logs in {log_dir}:\n{logs}")
-        for condition in conditions:
-            results[condition] = []
-            t0 = time.monotonic()
-            for task in tasks:
-                for i in range(episodes):
-                    plan = plan_episode(condition, task, i, seed)
-                    outcome = driver.run_episode(task, plan["seed"], plan["instruction"], timeout=600.0,
-                                                 record=condition == conditions[0] and i == 0)
-                    outcome.update(condition=condition, instructed_task=plan["instructed_task"])
-                    results[condition].append(outcome)
-                done = [o for o in results[condition] if o["task"] == task]
-                log(f"[{condition}] {task:24s} {sum(o['success'] for o in done)}/{len(done)}  "
-                    f"({time.monotonic() - t0:.0f} s, inference {done[-1]['inference_ms'] or float('nan'):.1f} ms)")
+        results = run_plans(conditions, tasks, episodes, seed, log, lambda plan, record: driver.run_episode(
+            plan["task"], plan["seed"], plan["instruction"], timeout=600.0, record=record))
     finally:
         driver.close()
         restore()
@@ -243,31 +231,44 @@ def run_inprocess(checkpoint: Path, conditions: list[str], tasks: list[str], epi
     camera = policy.config.camera_names[0]
     env = MetaWorldEnv()  # metaworld_sim's camera settings; the policy resizes as policy_node does
     generator = torch.Generator().manual_seed(seed)
-    results: dict[str, list[dict]] = {}
+
+    def run_episode(plan: dict, record: bool) -> dict:
+        env.reset(plan["task"], plan["seed"])
+        while not env.success and not env.done:
+            obs = Observation(images={camera: env.render()}, state=env.state_of(state_kind),
+                              instruction=plan["instruction"])
+            chunk = policy.predict_action_chunk(obs, generator=generator).numpy()
+            for command in chunk[:replan_steps]:
+                if env.step_target(command) or env.done:
+                    break
+        return {"task": plan["task"], "seed": plan["seed"], "instruction": plan["instruction"], "success": env.success,
+                "success_step": env.success_step, "steps": env.steps}
+
     try:
-        for condition in conditions:
-            results[condition] = []
-            t0 = time.monotonic()
-            for task in tasks:
-                for i in range(episodes):
-                    plan = plan_episode(condition, task, i, seed)
-                    env.reset(task, plan["seed"])
-                    while not env.success and not env.done:
-                        obs = Observation(images={camera: env.render()}, state=env.state_of(state_kind),
-                                          instruction=plan["instruction"])
-                        chunk = policy.predict_action_chunk(obs, generator=generator).numpy()
-                        for command in chunk[:replan_steps]:
-                            if env.step_target(command) or env.done:
-                                break
-                    results[condition].append({"task": task, "seed": plan["seed"], "instruction": plan["instruction"],
-                                               "instructed_task": plan["instructed_task"], "condition": condition,
-                                               "success": env.success, "success_step": env.success_step,
-                                               "steps": env.steps})
-                done = [o for o in results[condition] if o["task"] == task]
-                log(f"[{condition}] {task:24s} {sum(o['success'] for o in done)}/{len(done)}  "
-                    f"({time.monotonic() - t0:.0f} s)")
+        return run_plans(conditions, tasks, episodes, seed, log, run_episode)
     finally:
         env.close()
+
+
+def run_plans(conditions: list[str], tasks: list[str], episodes: int, seed: int, log,
+              run_episode) -> dict[str, list[dict]]:
+    """Every condition's ``episodes`` episodes of every task (``plan_episode``), each an outcome of
+    ``run_episode(plan, record)`` (record: the first condition's first episode of a task, for the frame
+    strip); one log line per task."""
+    results: dict[str, list[dict]] = {}
+    for condition in conditions:
+        results[condition] = []
+        t0 = time.monotonic()
+        for task in tasks:
+            for i in range(episodes):
+                plan = plan_episode(condition, task, i, seed)
+                outcome = run_episode(plan, condition == conditions[0] and i == 0)
+                outcome.update(condition=condition, instructed_task=plan["instructed_task"])
+                results[condition].append(outcome)
+            done = [o for o in results[condition] if o["task"] == task]
+            inference = f", inference {done[-1]['inference_ms']:.1f} ms" if done[-1].get("inference_ms") else ""
+            log(f"[{condition}] {task:24s} {sum(o['success'] for o in done)}/{len(done)}  "
+                f"({time.monotonic() - t0:.0f} s{inference})")
     return results
 
 
