@@ -96,6 +96,15 @@ def test_lockstep_world_publishes_its_topics_waits_for_answers_and_reports_succe
         step = wait_for(lambda: world.status["step"], 5.0)
         assert not wait_for(lambda: world.status["step"] > step + 2, 3.0), "the world stepped without answers"
         assert world.status["episode"] == 2 and world.status["seed"] == 4
+        # No instant carries two episodes' data: the reset moved the clock on before publishing the new
+        # episode's first observation, so a policy cannot pair the old image with the new state.
+        for stream in (world.states, world.images):
+            published: dict[int, set] = {}
+            for _, msg in list(stream):
+                content = tuple(msg.position) if hasattr(msg, "position") else bytes(msg.data)
+                published.setdefault(msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec, set()).add(content)
+            assert all(len(contents) == 1 for contents in published.values()), \
+                [stamp for stamp, contents in published.items() if len(contents) > 1]
 
 
 def test_realtime_world_steps_without_a_policy_and_refuses_a_bad_reset(node_process, rclpy_context):

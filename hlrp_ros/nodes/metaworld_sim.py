@@ -25,8 +25,9 @@ Subscribes
   * ``/action_chunk`` (hlrp_ros/ActionChunk): tells when the policy has answered (lock-step) and when
     its first chunk of a new episode has arrived (both modes).
   * ``~/reset`` (std_msgs/String): JSON ``{"task": "push-v3", "seed": 7}`` (both optional: the
-    current task, the next seed). The new episode's world stays frozen until the policy's first chunk
-    computed from it has arrived.
+    current task, the next seed). The clock moves one step, so no stamp carries two episodes' data, and
+    the new episode's world stays frozen until the policy's first chunk computed from it (every input
+    stamped at or after the reset) has arrived.
 
 Time modes (``time_mode``)
   * ``lockstep``: simulated time advances only as far as the policy and controller have answered. The
@@ -164,6 +165,11 @@ class MetaWorldSim(Node):
         self.env.reset(task, seed)
         self.episode += 1
         self.next_seed = seed + 1
+        # The new episode starts one step later, so that its observations never share a stamp with the previous
+        # episode's last ones: a policy gathering at that instant could pair one episode's image with the other's
+        # state, and the chunk (stamped with its oldest input) would pass for this episode's first.
+        self.now_ns += STEP_NS
+        self.clock_pub.publish(Clock(clock=self._stamp()))
         self.reset_ns = self.now_ns
         self.running = False  # frozen until the first chunk computed from this episode has arrived
         self.get_logger().info(f"episode {self.episode}: {task} seed {seed}")
