@@ -17,6 +17,7 @@ pytest.importorskip("metaworld", reason="metaworld is in requirements.txt; run `
 
 from ros_testing import STARTUP_TIMEOUT, SpinningNode, joint_state, reliable_qos, wait_for  # noqa: E402
 
+from hlrp_ros.chunk_codec import time_to_ns  # noqa: E402
 from hlrp_ros.sim.metaworld_env import STATE_NAMES, ScriptedExpert, gl_problem  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.skipif(gl_problem() is not None, reason=str(gl_problem()))]
@@ -98,11 +99,10 @@ def test_lockstep_world_publishes_its_topics_waits_for_answers_and_reports_succe
         assert world.status["episode"] == 2 and world.status["seed"] == 4
         # No instant carries two episodes' data: the reset moved the clock on before publishing the new
         # episode's first observation, so a policy cannot pair the old image with the new state.
-        for stream in (world.states, world.images):
+        for stream, content_of in ((world.states, lambda m: tuple(m.position)), (world.images, lambda m: bytes(m.data))):
             published: dict[int, set] = {}
             for _, msg in list(stream):
-                content = tuple(msg.position) if hasattr(msg, "position") else bytes(msg.data)
-                published.setdefault(msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec, set()).add(content)
+                published.setdefault(time_to_ns(msg.header.stamp), set()).add(content_of(msg))
             assert all(len(contents) == 1 for contents in published.values()), \
                 [stamp for stamp, contents in published.items() if len(contents) > 1]
 

@@ -168,8 +168,7 @@ class MetaWorldSim(Node):
         # The new episode starts one step later, so that its observations never share a stamp with the previous
         # episode's last ones: a policy gathering at that instant could pair one episode's image with the other's
         # state, and the chunk (stamped with its oldest input) would pass for this episode's first.
-        self.now_ns += STEP_NS
-        self.clock_pub.publish(Clock(clock=self._stamp()))
+        self._advance_clock()
         self.reset_ns = self.now_ns
         self.running = False  # frozen until the first chunk computed from this episode has arrived
         self.get_logger().info(f"episode {self.episode}: {task} seed {seed}")
@@ -228,9 +227,13 @@ class MetaWorldSim(Node):
         if stepped:
             command = self.command if self.command is not None else np.append(self.env.target(), -1.0)
             self.env.step_target(command)
+        self._advance_clock()
+        self._publish_observation(render=stepped and self.env.steps % self.params["camera_every"] == 0)
+
+    def _advance_clock(self) -> None:
+        """Simulated time moves one step, published on /clock."""
         self.now_ns += STEP_NS
         self.clock_pub.publish(Clock(clock=self._stamp()))
-        self._publish_observation(render=stepped and self.env.steps % self.params["camera_every"] == 0)
 
     # --- outputs ---------------------------------------------------------------------------------------
     def _stamp(self):
