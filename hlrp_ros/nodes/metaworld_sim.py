@@ -52,6 +52,7 @@ from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray, String
 
+from hlrp_ros.chunk_codec import time_to_ns
 from hlrp_ros.nodes import (
     ParamSpec,
     declare_parameters,
@@ -144,10 +145,10 @@ class MetaWorldSim(Node):
         command = np.array([msg.position[index[n]] for n in STATE_NAMES])
         if np.all(np.isfinite(command)):
             self.command = command
-            self.command_stamp_ns = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+            self.command_stamp_ns = time_to_ns(msg.header.stamp)
 
     def _on_chunk(self, msg) -> None:
-        stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+        stamp = time_to_ns(msg.header.stamp)
         if self.chunk_stamp_ns is None or stamp > self.chunk_stamp_ns:
             self.chunk_stamp_ns, self.skipped = stamp, 0
 
